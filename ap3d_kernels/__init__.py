@@ -1,0 +1,11 @@
+"""AP3D kernels: the Appearance-Preserving Module as fused CPU (C++) and GPU (Triton) ops.
+
+This package is an op library: it knows nothing of person re-identification.
+"""
+from .flops import apm_backward_flops, apm_forward_flops
+from .functional import apm, available_backends
+from .reference import apm_reference
+
+__version__ = "0.1.0"
+
+__all__ = ["apm", "apm_reference", "available_backends", "apm_forward_flops", "apm_backward_flops"]

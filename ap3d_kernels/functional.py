@@ -1,0 +1,149 @@
+"""``ap3d_kernels.apm``: one entry point, several backends.
+
+Backends are modules imported lazily (importing triton is slow, and ``TRITON_INTERPRET`` must be
+set before it is imported). Each backend module exposes:
+
+- ``is_available() -> tuple[bool, str]``: whether it can run here, and if not, why and how to fix;
+- ``supports_device(device: torch.device) -> bool``;
+- ``apm(x, g_weight, theta_weight, phi_weight, att_weight, *, scale, time_dim, contrastive,
+  detach_gate_inputs) -> Tensor``: differentiable, arguments already validated.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from .reference import apm_reference
+from .validation import check_apm_args
+
+__all__ = ["apm", "available_backends", "resolve_backend", "BACKENDS"]
+
+# name -> module path; "reference" is built in.
+BACKENDS: dict[str, Optional[str]] = {
+    "reference": None,
+    "cpu": "ap3d_kernels.apm_cpu",
+    "triton": "ap3d_kernels.apm_triton",
+}
+# What "auto" tries first for a device type; the reference is always the last resort.
+_AUTO_PREFERENCE = {"cpu": "cpu", "cuda": "triton"}
+_warned: set[str] = set()
+
+
+def _load(name: str):
+    module_path = BACKENDS[name]
+    try:
+        return importlib.import_module(module_path)
+    except ImportError as exc:  # the backend's own dependencies are missing
+        return _Unavailable(f"backend {name!r} could not be imported: {exc}")
+
+
+class _Unavailable:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def is_available(self):
+        return False, self.reason
+
+    def supports_device(self, device):
+        return False
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on tensors of ``device`` in this process, fastest first."""
+    device = torch.device(device)
+    names = []
+    for name in BACKENDS:
+        if name == "reference":
+            continue
+        mod = _load(name)
+        if mod.is_available()[0] and mod.supports_device(device):
+            names.append(name)
+    preferred = _AUTO_PREFERENCE.get(device.type)
+    names.sort(key=lambda n: n != preferred)
+    return names + ["reference"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> Callable:
+    """The callable for ``backend`` on ``device``; raises a clear error if it cannot run."""
+    if not isinstance(backend, str) or backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+    if backend == "reference":
+        return apm_reference
+    if backend == "auto":
+        preferred = _AUTO_PREFERENCE.get(device.type)
+        if preferred is None:
+            return apm_reference
+        mod = _load(preferred)
+        ok, reason = mod.is_available()
+        if ok and mod.supports_device(device):
+            return mod.apm
+        if preferred not in _warned:
+            _warned.add(preferred)
+            warnings.warn(
+                f"ap3d_kernels: the fused {preferred!r} backend is unavailable ({reason}); "
+                f"backend='auto' falls back to the pure-PyTorch reference (slow, memory-hungry).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return apm_reference
+    mod = _load(backend)
+    ok, reason = mod.is_available()
+    if not ok:
+        raise RuntimeError(reason)
+    if not mod.supports_device(device):
+        raise ValueError(f"backend {backend!r} cannot run on tensors on {device} (x is on {device})")
+    return mod.apm
+
+
+def apm(
+    x: torch.Tensor,
+    g_weight: torch.Tensor,
+    theta_weight: Optional[torch.Tensor] = None,
+    phi_weight: Optional[torch.Tensor] = None,
+    att_weight: Optional[torch.Tensor] = None,
+    *,
+    scale: float = 4.0,
+    time_dim: int = 3,
+    contrastive: bool = True,
+    detach_gate_inputs: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Appearance-Preserving Module: register each neighbour frame to its centre frame.
+
+    Args:
+        x: ``[B, C, T, H, W]`` floating tensor.
+        g_weight: ``[Ck, C]`` semantic mapping; ``theta_weight``/``phi_weight``: ``[Ck, C]`` and
+            ``att_weight``: ``[Ck]`` for the contrastive-attention gate (``None`` allowed when
+            ``contrastive=False``). Weights of another floating dtype are cast to ``x.dtype``.
+        scale: similarity scale ``s`` (> 0). time_dim: odd window ``N >= 3``.
+        contrastive: apply the gate. detach_gate_inputs: gate sees detached inputs (release default).
+        backend: ``"auto"`` (fused kernel for the device if built, else the reference),
+            ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        ``[B, C, N*T, H, W]`` with frames ``[z(t-N//2) .. x_t .. z(t+N//2)]`` for each ``t``.
+    """
+    scale, time_dim = check_apm_args(
+        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive
+    )
+    fn = resolve_backend(backend, x.device)
+
+    def cast(w):
+        return None if w is None else w.to(x.dtype)
+
+    if not contrastive:
+        theta_weight = phi_weight = att_weight = None
+    return fn(
+        x,
+        cast(g_weight),
+        cast(theta_weight),
+        cast(phi_weight),
+        cast(att_weight),
+        scale=scale,
+        time_dim=time_dim,
+        contrastive=bool(contrastive),
+        detach_gate_inputs=bool(detach_gate_inputs),
+    )

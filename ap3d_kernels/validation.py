@@ -1,0 +1,90 @@
+"""Argument checks shared by every APM entry point.
+
+Every error names the argument, what it got and what it expects, and is raised before any
+kernel runs (so a fused backend never sees malformed input).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+__all__ = ["check_apm_args", "check_time_dim", "check_scale", "FLOATING_DTYPES"]
+
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_time_dim(time_dim) -> int:
+    if isinstance(time_dim, bool) or not isinstance(time_dim, numbers.Integral):
+        raise TypeError(f"time_dim must be an odd integer >= 3, got {time_dim!r} ({type(time_dim).__name__})")
+    if time_dim < 3 or time_dim % 2 == 0:
+        raise ValueError(f"time_dim must be an odd integer >= 3, got {time_dim}")
+    return int(time_dim)
+
+
+def check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a finite positive real number, got {scale!r} ({type(scale).__name__})")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite positive real number, got {scale}")
+    return float(scale)
+
+
+def _check_tensor(name: str, t, *, ndim: int, expected: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}")
+    if t.dtype not in FLOATING_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {expected}, got {_describe(t)}")
+
+
+def check_apm_args(
+    x: torch.Tensor,
+    g_weight: torch.Tensor,
+    theta_weight: Optional[torch.Tensor],
+    phi_weight: Optional[torch.Tensor],
+    att_weight: Optional[torch.Tensor],
+    *,
+    scale,
+    time_dim,
+    contrastive: bool,
+) -> tuple[float, int]:
+    """Validate the arguments of ``apm``; returns the normalised ``(scale, time_dim)``."""
+    _check_tensor("x", x, ndim=5, expected="[B, C, T, H, W]")
+    B, C, T, H, W = x.shape
+    if min(B, C, T, H, W) == 0:
+        raise ValueError(f"x must have no empty dimension ([B, C, T, H, W] all >= 1), got {_describe(x)}")
+    _check_tensor("g_weight", g_weight, ndim=2, expected=f"[Ck, C={C}]")
+    ck = g_weight.shape[0]
+    if g_weight.shape[1] != C or ck == 0:
+        raise ValueError(
+            f"g_weight must have shape [Ck, C] with C = x.shape[1] = {C} and Ck >= 1, got {_describe(g_weight)}"
+        )
+    named = [("g_weight", g_weight)]
+    if contrastive:
+        for name, w in (("theta_weight", theta_weight), ("phi_weight", phi_weight)):
+            if w is None:
+                raise ValueError(f"{name} is required when contrastive=True (expected shape [{ck}, {C}]), got None")
+            _check_tensor(name, w, ndim=2, expected=f"[Ck={ck}, C={C}]")
+            if tuple(w.shape) != (ck, C):
+                raise ValueError(f"{name} must have shape [Ck={ck}, C={C}] (same as g_weight), got {_describe(w)}")
+            named.append((name, w))
+        if att_weight is None:
+            raise ValueError(f"att_weight is required when contrastive=True (expected shape [{ck}]), got None")
+        _check_tensor("att_weight", att_weight, ndim=1, expected=f"[Ck={ck}]")
+        if att_weight.shape[0] != ck:
+            raise ValueError(f"att_weight must have shape [Ck={ck}], got {_describe(att_weight)}")
+        named.append(("att_weight", att_weight))
+    for name, w in named:
+        if w.device != x.device:
+            raise ValueError(f"{name} is on {w.device} but x is on {x.device}; all tensors must share one device")
+    return check_scale(scale), check_time_dim(time_dim)
