@@ -5,7 +5,41 @@ This package is an op library: it knows nothing of person re-identification.
 from .flops import apm_backward_flops, apm_forward_flops
 from .functional import apm, available_backends
 from .reference import apm_reference
+from . import modules
+from .modules import (
+    API3D,
+    APM,
+    APP3DA,
+    APP3DB,
+    APP3DC,
+    C2D,
+    I3D,
+    P3DA,
+    P3DB,
+    P3DC,
+    NonLocalBlock3D,
+    TemporalBlock,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["apm", "apm_reference", "available_backends", "apm_forward_flops", "apm_backward_flops"]
+__all__ = [
+    "apm",
+    "apm_reference",
+    "available_backends",
+    "apm_forward_flops",
+    "apm_backward_flops",
+    "modules",
+    "APM",
+    "TemporalBlock",
+    "C2D",
+    "I3D",
+    "API3D",
+    "P3DA",
+    "P3DB",
+    "P3DC",
+    "APP3DA",
+    "APP3DB",
+    "APP3DC",
+    "NonLocalBlock3D",
+]

@@ -1,0 +1,416 @@
+"""Temporal replacements for the spatial ``k x k`` convolution of a residual block.
+
+Each block maps ``[B, C_in, T, H, W]`` to ``[B, C_out, T, H', W']`` (the frame count is kept)
+and is a drop-in replacement for a 2D convolution applied frame by frame. Every block is
+initialised so that it computes exactly that 2D convolution (the authors' release): the 2D
+kernel sits in the centre temporal tap (I3D, AP-I3D) or in a ``1 x k x k`` spatial conv (P3D),
+P3D-A's temporal conv is the identity and P3D-B/C's is zero. A network inflated from 2D
+weights therefore starts as its 2D (C2D) counterpart and learns temporal modelling from there.
+
+Build a block around existing 2D weights with ``Block.from_2d(conv)``, or re-initialise one
+from a 2D kernel with ``block.load_2d(weight, bias)``. Parameter names follow the release
+(``conv3d``; ``spatial_conv3d``/``temporal_conv3d``; ``APM``) so its checkpoints load.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..validation import check_time_dim
+from ._checks import check_positive_int, check_video_input, describe
+from .apm import APM
+
+__all__ = [
+    "TemporalBlock",
+    "C2D",
+    "I3D",
+    "API3D",
+    "P3DA",
+    "P3DB",
+    "P3DC",
+    "APP3DA",
+    "APP3DB",
+    "APP3DC",
+    "TEMPORAL_BLOCKS",
+]
+
+
+def _spatial_pair(name: str, value) -> tuple[int, int]:
+    pair = _pair(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+class TemporalBlock(nn.Module, abc.ABC):
+    """Base class: a 3D replacement of a 2D ``Conv2d(in, out, kernel_size, stride, padding)``.
+
+    Subclasses define ``_build()`` (create the layers), ``spatial_conv`` (the conv that holds the
+    2D kernel), ``_load_spatial(weight, bias)`` and ``_reset_temporal()`` (the release's
+    initialisation of everything else but APM, which keeps PyTorch's default conv init).
+    """
+
+    uses_apm = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size=3,
+        stride=1,
+        padding=None,
+        bias: bool = False,
+        *,
+        time_dim: int = 3,
+    ):
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.kernel_size = _spatial_pair("kernel_size", kernel_size)
+        self.stride = _spatial_pair("stride", stride)
+        self.padding = tuple(k // 2 for k in self.kernel_size) if padding is None else _spatial_pair("padding", padding)
+        for name, pair, low in (("kernel_size", self.kernel_size, 1), ("stride", self.stride, 1), ("padding", self.padding, 0)):
+            if min(pair) < low:
+                raise ValueError(f"{type(self).__name__}: {name} must be >= {low}, got {pair}")
+        self.time_dim = check_time_dim(time_dim)
+        self._build(bool(bias))
+        self.reset_parameters()
+
+    # -- construction ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _build(self, bias: bool) -> None:
+        """Create the layers."""
+
+    @property
+    @abc.abstractmethod
+    def spatial_conv(self) -> nn.Conv3d:
+        """The conv that holds the 2D kernel."""
+
+    def _spatial_conv3d(self, bias: bool, time_dim: int = 1, time_stride: int = 1, time_padding: int = 0) -> nn.Conv3d:
+        return nn.Conv3d(
+            self.in_channels,
+            self.out_channels,
+            kernel_size=(time_dim, *self.kernel_size),
+            stride=(time_stride, *self.stride),
+            padding=(time_padding, *self.padding),
+            bias=bias,
+        )
+
+    @classmethod
+    def from_2d(cls, conv: nn.Module, **kwargs) -> "TemporalBlock":
+        """Build the block around the weights of ``conv``: an ``nn.Conv2d``, or an ``nn.Conv3d``
+        of temporal kernel, stride and padding ``(1, 1, 0)`` (a 2D conv already inflated)."""
+        if isinstance(conv, nn.Conv3d):
+            if conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0:
+                raise ValueError(
+                    f"{cls.__name__}.from_2d: a Conv3d must be an inflated 2D conv (temporal kernel 1, stride 1, "
+                    f"padding 0), got kernel_size={conv.kernel_size}, stride={conv.stride}, padding={conv.padding}"
+                )
+            weight = conv.weight[:, :, 0]
+            kernel, stride, padding, dilation = conv.kernel_size[1:], conv.stride[1:], conv.padding[1:], conv.dilation
+        elif isinstance(conv, nn.Conv2d):
+            weight = conv.weight
+            kernel, stride, padding, dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        else:
+            raise TypeError(f"{cls.__name__}.from_2d: conv must be an nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
+        if isinstance(padding, str) or conv.groups != 1 or any(d != 1 for d in dilation) or conv.padding_mode != "zeros":
+            raise ValueError(
+                f"{cls.__name__}.from_2d: only dense convs with numeric zero padding are supported, got groups={conv.groups}, "
+                f"dilation={dilation}, padding={padding!r}, padding_mode={conv.padding_mode!r}"
+            )
+        block = cls(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=tuple(kernel),
+            stride=tuple(stride),
+            padding=tuple(padding),
+            bias=conv.bias is not None,
+            **kwargs,
+        )
+        block.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        block.load_2d(weight, conv.bias)
+        return block
+
+    # -- initialisation -------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh 2D kernel with ``nn.Conv2d``'s default init, then the release's temporal init."""
+        weight = torch.empty(self.out_channels, self.in_channels, *self.kernel_size)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        bias = None
+        if self.spatial_conv.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+            bias = torch.empty(self.out_channels).uniform_(-bound, bound)
+        self.load_2d(weight, bias)
+        for m in self.modules():
+            if isinstance(m, APM):
+                m.reset_parameters()
+
+    @torch.no_grad()
+    def load_2d(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> None:
+        """Initialise from a 2D kernel ``[C_out, C_in, kh, kw]`` (and bias) so the block computes
+        that 2D conv on every frame; temporal weights are reset, APM weights are left alone."""
+        expected = (self.out_channels, self.in_channels, *self.kernel_size)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != expected:
+            got = describe(weight) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"{type(self).__name__}.load_2d: weight must have shape {list(expected)}, got {got}")
+        conv = self.spatial_conv
+        if (bias is None) != (conv.bias is None):
+            raise ValueError(
+                f"{type(self).__name__}.load_2d: bias must be {'a tensor' if conv.bias is not None else 'None'} "
+                f"(the block was built with bias={conv.bias is not None}), got {'None' if bias is None else describe(bias)}"
+            )
+        if bias is not None and tuple(bias.shape) != (self.out_channels,):
+            raise ValueError(f"{type(self).__name__}.load_2d: bias must have shape [{self.out_channels}], got {describe(bias)}")
+        conv.weight.zero_()
+        centre = conv.kernel_size[0] // 2
+        conv.weight[:, :, centre].copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+        self._reset_temporal()
+
+    def _reset_temporal(self) -> None:
+        """Nothing beyond the spatial kernel by default (C2D, I3D, AP-I3D)."""
+
+    @staticmethod
+    def _identity_init(conv: nn.Conv3d) -> None:
+        # Centre tap = identity matrix: the temporal conv passes the centre frame through.
+        conv.weight.zero_()
+        eye = torch.eye(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype)
+        conv.weight[:, :, conv.kernel_size[0] // 2, 0, 0].copy_(eye)
+
+    # -- forward --------------------------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        check_video_input(type(self).__name__, x, channels=self.in_channels, device=self.spatial_conv.weight.device)
+
+    def _make_apm(self, channels: int, apm_reduction, scale, contrastive, detach_gate_inputs, backend) -> APM:
+        return APM(
+            channels,
+            apm_reduction,
+            scale=scale,
+            time_dim=self.time_dim,
+            contrastive=contrastive,
+            detach_gate_inputs=detach_gate_inputs,
+            backend=backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, time_dim={self.time_dim}"
+        )
+
+
+class _APMixin:
+    """Keyword arguments shared by the AP variants (forwarded to ``APM``)."""
+
+    uses_apm = True
+
+    def _init_apm_options(self, apm_reduction, scale, contrastive, detach_gate_inputs, backend) -> None:
+        self._apm_options = (apm_reduction, scale, contrastive, detach_gate_inputs, backend)
+
+
+# ---------------------------------------------------------------------------------------------
+class C2D(TemporalBlock):
+    """``1 x k x k`` conv: the 2D conv applied to each frame (no temporal modelling)."""
+
+    def _build(self, bias):
+        self.conv3d = self._spatial_conv3d(bias)
+
+    @property
+    def spatial_conv(self):
+        return self.conv3d
+
+    def forward(self, x):
+        self._check(x)
+        return self.conv3d(x)
+
+
+class I3D(TemporalBlock):
+    """``N x k x k`` conv with temporal padding ``N // 2``, 2D kernel in the centre tap."""
+
+    def _build(self, bias):
+        self.conv3d = self._spatial_conv3d(bias, time_dim=self.time_dim, time_padding=self.time_dim // 2)
+
+    @property
+    def spatial_conv(self):
+        return self.conv3d
+
+    def forward(self, x):
+        self._check(x)
+        return self.conv3d(x)
+
+
+class API3D(_APMixin, TemporalBlock):
+    """AP-I3D: ``APM(C_in)`` then an ``N x k x k`` conv of temporal stride ``N`` (no temporal
+    padding), 2D kernel in the centre tap."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
+                 time_dim=3, apm_reduction=16, scale=4.0, contrastive=True, detach_gate_inputs=True, backend="auto"):
+        self._init_apm_options(apm_reduction, scale, contrastive, detach_gate_inputs, backend)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, time_dim=time_dim)
+
+    def _build(self, bias):
+        self.APM = self._make_apm(self.in_channels, *self._apm_options)
+        self.conv3d = self._spatial_conv3d(bias, time_dim=self.time_dim, time_stride=self.time_dim)
+
+    @property
+    def spatial_conv(self):
+        return self.conv3d
+
+    def forward(self, x):
+        self._check(x)
+        return self.conv3d(self.APM(x))
+
+
+class _P3D(TemporalBlock):
+    """Spatial ``1 x k x k`` conv plus a temporal ``N x 1 x 1`` conv (no bias)."""
+
+    def _temporal_conv3d(self, in_channels, *, time_stride=1, time_padding=None, spatial_stride=(1, 1)) -> nn.Conv3d:
+        return nn.Conv3d(
+            in_channels,
+            self.out_channels,
+            kernel_size=(self.time_dim, 1, 1),
+            stride=(time_stride, *spatial_stride),
+            padding=(self.time_dim // 2 if time_padding is None else time_padding, 0, 0),
+            bias=False,
+        )
+
+    @property
+    def spatial_conv(self):
+        return self.spatial_conv3d
+
+    def _check_parallel_geometry(self):
+        # The parallel temporal branch (kernel 1 x 1, spatial stride s) has the spatial conv's
+        # output size for every input size only with "same" padding.
+        if any(k % 2 == 0 or p != k // 2 for k, p in zip(self.kernel_size, self.padding)):
+            raise ValueError(
+                f"{type(self).__name__}: the parallel temporal branch needs an odd kernel_size with padding = "
+                f"kernel_size // 2, got kernel_size={self.kernel_size}, padding={self.padding}"
+            )
+
+
+class P3DA(_P3D):
+    """P3D-A: spatial conv, then temporal conv (centre tap = identity)."""
+
+    def _build(self, bias):
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(self.out_channels)
+
+    def _reset_temporal(self):
+        self._identity_init(self.temporal_conv3d)
+
+    def forward(self, x):
+        self._check(x)
+        return self.temporal_conv3d(self.spatial_conv3d(x))
+
+
+class P3DB(_P3D):
+    """P3D-B: spatial conv plus a parallel temporal conv on the input (zero-initialised)."""
+
+    def _build(self, bias):
+        self._check_parallel_geometry()
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(self.in_channels, spatial_stride=self.stride)
+
+    def _reset_temporal(self):
+        self.temporal_conv3d.weight.zero_()
+
+    def forward(self, x):
+        self._check(x)
+        return self.spatial_conv3d(x) + self.temporal_conv3d(x)
+
+
+class P3DC(_P3D):
+    """P3D-C: spatial conv ``s``, then ``s + temporal(s)`` (temporal conv zero-initialised)."""
+
+    def _build(self, bias):
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(self.out_channels)
+
+    def _reset_temporal(self):
+        self.temporal_conv3d.weight.zero_()
+
+    def forward(self, x):
+        self._check(x)
+        out = self.spatial_conv3d(x)
+        return out + self.temporal_conv3d(out)
+
+
+class _APP3D(_APMixin, _P3D):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
+                 time_dim=3, apm_reduction=16, scale=4.0, contrastive=True, detach_gate_inputs=True, backend="auto"):
+        self._init_apm_options(apm_reduction, scale, contrastive, detach_gate_inputs, backend)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, time_dim=time_dim)
+
+
+class APP3DA(_APP3D):
+    """AP-P3D-A: spatial conv, ``APM(C_out)``, temporal conv of stride ``N`` (identity centre)."""
+
+    def _build(self, bias):
+        self.APM = self._make_apm(self.out_channels, *self._apm_options)
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(self.out_channels, time_stride=self.time_dim, time_padding=0)
+
+    def _reset_temporal(self):
+        self._identity_init(self.temporal_conv3d)
+
+    def forward(self, x):
+        self._check(x)
+        return self.temporal_conv3d(self.APM(self.spatial_conv3d(x)))
+
+
+class APP3DB(_APP3D):
+    """AP-P3D-B: spatial conv plus a parallel ``APM(C_in)`` + temporal conv of stride ``N`` on the
+    input (temporal conv zero-initialised)."""
+
+    def _build(self, bias):
+        self._check_parallel_geometry()
+        self.APM = self._make_apm(self.in_channels, *self._apm_options)
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(
+            self.in_channels, time_stride=self.time_dim, time_padding=0, spatial_stride=self.stride
+        )
+
+    def _reset_temporal(self):
+        self.temporal_conv3d.weight.zero_()
+
+    def forward(self, x):
+        self._check(x)
+        return self.spatial_conv3d(x) + self.temporal_conv3d(self.APM(x))
+
+
+class APP3DC(_APP3D):
+    """AP-P3D-C ("AP3D"): spatial conv ``s``, then ``s + temporal(APM(s))`` with a temporal conv of
+    stride ``N`` (zero-initialised)."""
+
+    def _build(self, bias):
+        self.APM = self._make_apm(self.out_channels, *self._apm_options)
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = self._temporal_conv3d(self.out_channels, time_stride=self.time_dim, time_padding=0)
+
+    def _reset_temporal(self):
+        self.temporal_conv3d.weight.zero_()
+
+    def forward(self, x):
+        self._check(x)
+        out = self.spatial_conv3d(x)
+        return out + self.temporal_conv3d(self.APM(out))
+
+
+TEMPORAL_BLOCKS: dict[str, type[TemporalBlock]] = {
+    "c2d": C2D,
+    "i3d": I3D,
+    "ap_i3d": API3D,
+    "p3d_a": P3DA,
+    "p3d_b": P3DB,
+    "p3d_c": P3DC,
+    "ap_p3d_a": APP3DA,
+    "ap_p3d_b": APP3DB,
+    "ap_p3d_c": APP3DC,
+}
