@@ -1,0 +1,134 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``) and clear errors.
+
+A checkpoint is a plain dict of tensors and Python primitives, so it loads with
+``torch.load(..., weights_only=True)``: no pickled code runs when opening a file.
+Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
+target with ``os.replace`` (atomic on POSIX), so a crash or a full disk never leaves a
+half-written ``checkpoint_last.pth`` or ``model_best.pth``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT_VERSION",
+    "LAST_NAME",
+    "BEST_NAME",
+    "atomic_save",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+FORMAT_VERSION = 1
+LAST_NAME = "checkpoint_last.pth"
+BEST_NAME = "model_best.pth"
+REQUIRED_KEYS = ("format_version", "model", "epoch", "config", "num_classes")
+RESUME_KEYS = ("optimizer", "scheduler", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupted, or not one written by reid.train."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """Save ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str, for_resume: bool = False) -> dict:
+    """Load a checkpoint written by reid.train, with ``weights_only=True``."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to a user
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupted or truncated, or is not a "
+            f"checkpoint written by reid.train ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict written by reid.train")
+    missing = [k for k in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: it is not a "
+            f"{'resumable ' if for_resume else ''}checkpoint written by reid.train"
+            + (" (model_best.pth holds weights only; resume from checkpoint_last.pth)" if for_resume else "")
+        )
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt['format_version']}, this code reads up to {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def capture_rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and Python RNG states, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_state_to_primitives(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    random.setstate(_python_state_from_primitives(state["python"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_primitives(st) -> list:
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_primitives(st: list):
+    version, internal, gauss = st
+    return (version, tuple(internal), gauss)
+
+
+def checkpoint_summary(ckpt: dict) -> Optional[str]:
+    cfg = ckpt.get("config", {})
+    return f"{cfg.get('arch', '?')} on {cfg.get('dataset', '?')}, epoch {ckpt.get('epoch')}"

@@ -1,0 +1,144 @@
+"""Process-group helpers: one code path for a single process and for ``torchrun``.
+
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; when they are
+present we join the group (nccl when the run is on CUDA, gloo on CPU), otherwise the helpers
+behave as a world of one, so no caller needs an ``if distributed`` branch.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup",
+    "is_main",
+    "rank",
+    "world_size",
+    "barrier",
+    "all_reduce_sum",
+    "all_gather_rows",
+    "broadcast_object",
+]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = "none"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise RuntimeError(f"environment variable {name} must be an integer, got {value!r}") from exc
+
+
+def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
+    """Choose the device and, under torchrun, join the process group."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank_ = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", 0)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device: got 'cuda' but no CUDA device is available (use --device cpu or auto)")
+    if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA devices are visible on this node"
+            )
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    backend = "none"
+    if world > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend=backend,
+                timeout=datetime.timedelta(minutes=timeout_minutes),
+                **({"device_id": dev} if use_cuda else {}),
+            )
+    return DistInfo(rank=rank_, world_size=world, local_rank=local, device=dev, backend=backend)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if _active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum across ranks (no-op for a single process); returns ``t``."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate along dim 0 the tensors of all ranks, which may differ in their row count.
+
+    Sizes are exchanged first, every tensor is padded to the largest, gathered, then trimmed.
+    """
+    if not _active():
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    largest = max(sizes)
+    padded = t.new_zeros((largest,) + tuple(t.shape[1:]))
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s Python object on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,205 @@
+"""Evaluation with the field's video re-ID protocol.
+
+* Every frame of every tracklet is used: the test loader cuts each tracklet into clips of at
+  most ``test_clip_len`` (32) frames; the model returns per-frame features; a tracklet's
+  feature is the mean over ALL its frames (frame-weighted, so a short last clip weighs what its
+  frames weigh), then L2-normalised. Distance = cosine distance.
+* Under torchrun every rank extracts a disjoint share of the tracklets; the per-tracklet
+  features are gathered (variable row counts) so that every rank holds the full matrices, and
+  rank 0 computes the metrics.
+* CMC rank-1/5/10/20, mAP and mINP with the junk rule; optional k-reciprocal re-ranking.
+* iLIDS-VID / PRID: one model per split; :func:`mean_over_splits` averages the split results.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..metrics import evaluate_ranking, k_reciprocal_rerank
+from . import distributed as du
+
+__all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS"]
+
+METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def autocast_context(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "features", progress: bool = True) -> torch.Tensor:
+    """[N, D] L2-normalised features of ``tracklets`` (the full set on every rank)."""
+    from reid.data import build_test_loader  # imported here: reid.data is optional for the metrics
+
+    rank, world = du.rank(), du.world_size()
+    mine = list(range(rank, len(tracklets), world))
+    dim = int(model.feature_dim)
+    sums = torch.zeros((len(mine), dim), dtype=torch.float64)
+    counts = torch.zeros(len(mine), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    if mine:
+        loader = build_test_loader(
+            [tracklets[i] for i in mine],
+            clip_len=cfg.test_clip_len,
+            height=cfg.height,
+            width=cfg.width,
+            batch_size=cfg.test_batch_size,
+            num_workers=cfg.num_workers,
+        )
+        bar = None
+        if progress and du.is_main():
+            from tqdm import tqdm
+
+            total_frames = sum(len(tracklets[i].paths) for i in mine)
+            bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True, leave=False)
+        for clips, index in loader:
+            clips = clips.to(device, non_blocking=True)
+            with autocast_context(device, cfg.amp):
+                frame_feats = model(clips)  # [n, L, D]
+            if frame_feats.dim() != 3 or frame_feats.shape[0] != clips.shape[0] or frame_feats.shape[2] != dim:
+                raise RuntimeError(
+                    f"model in eval mode must return per-frame features [n, L, {dim}], got {tuple(frame_feats.shape)}"
+                )
+            index = torch.as_tensor(index).long()
+            sums.index_add_(0, index, frame_feats.double().sum(1).cpu())
+            counts.index_add_(0, index, torch.full((len(index),), float(frame_feats.shape[1]), dtype=torch.float64))
+            if bar is not None:
+                bar.update(frame_feats.shape[0] * frame_feats.shape[1] * world)
+        if bar is not None:
+            bar.close()
+    expected = torch.tensor([len(tracklets[i].paths) for i in mine], dtype=torch.float64)
+    if not torch.equal(counts, expected):
+        bad = int(torch.nonzero(counts != expected)[0])
+        raise RuntimeError(
+            f"test loader returned {int(counts[bad])} frames for tracklet {mine[bad]} which has "
+            f"{int(expected[bad])}: every frame must be seen exactly once"
+        )
+    feats = (sums / counts.clamp(min=1)[:, None]).float()
+    if world > 1:
+        order = du.all_gather_rows(torch.tensor(mine, dtype=torch.long, device=device))
+        feats = du.all_gather_rows(feats.to(device)).cpu()
+        full = torch.empty((len(tracklets), dim))
+        full[order.cpu()] = feats
+        feats = full
+    if was_training:
+        model.train()
+    return torch.nn.functional.normalize(feats, dim=1)
+
+
+def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -> Optional[dict]:
+    """Extract query/gallery features and compute the metrics; the result dict on rank 0."""
+    t0 = time.time()
+    qf = extract_features(model, dataset.query, cfg, device, desc="query features", progress=progress)
+    gf = extract_features(model, dataset.gallery, cfg, device, desc="gallery features", progress=progress)
+    if not du.is_main():
+        return None
+    q_pids = [t.pid for t in dataset.query]
+    g_pids = [t.pid for t in dataset.gallery]
+    q_cams = [t.camid for t in dataset.query]
+    g_cams = [t.camid for t in dataset.gallery]
+    ranking = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, q_feats=qf, g_feats=gf, max_rank=20)
+    result = {
+        "dataset": getattr(dataset, "name", cfg.dataset),
+        "protocol": getattr(dataset, "protocol", ""),
+        "split_id": cfg.split_id,
+        "num_query": len(q_pids),
+        "num_gallery": len(g_pids),
+        "distance": "cosine",
+        "metrics": ranking.as_dict(),
+    }
+    if cfg.rerank:
+        distmat = k_reciprocal_rerank(qf, gf, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda)
+        rr = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, distmat=distmat, max_rank=20)
+        result["rerank"] = {
+            "k1": cfg.rerank_k1,
+            "k2": cfg.rerank_k2,
+            "lambda": cfg.rerank_lambda,
+            "metrics": rr.as_dict(),
+        }
+    result["eval_time_s"] = round(time.time() - t0, 2)
+    return result
+
+
+def mean_over_splits(results: Sequence[dict]) -> dict:
+    """Average the metrics of per-split results (iLIDS-VID / PRID report the mean of 10 splits)."""
+    if not results:
+        raise ValueError("mean_over_splits needs at least one result")
+
+    def mean(key_path):
+        vals = []
+        for r in results:
+            node = r
+            for k in key_path:
+                node = node[k]
+            vals.append(node)
+        return float(np.mean(vals))
+
+    out = {
+        "dataset": results[0]["dataset"],
+        "protocol": results[0]["protocol"],
+        "split_id": [r["split_id"] for r in results],
+        "num_splits": len(results),
+        "distance": "cosine",
+        "metrics": {k: mean(("metrics", k)) for k in METRIC_KEYS if k in results[0]["metrics"]},
+        "std": {k: float(np.std([r["metrics"][k] for r in results])) for k in METRIC_KEYS if k in results[0]["metrics"]},
+    }
+    if all("rerank" in r for r in results):
+        out["rerank"] = {"metrics": {k: mean(("rerank", "metrics", k)) for k in METRIC_KEYS}}
+    return out
+
+
+def format_results(result: dict, title: Optional[str] = None) -> str:
+    """The evaluation table (percentages), naming dataset, protocol and query counts."""
+    m = result["metrics"]
+    head = title or "Evaluation"
+    lines = [f"{head}: {result['dataset']}"]
+    if result.get("protocol"):
+        lines[0] += f" | protocol: {result['protocol']}"
+    if "num_splits" in result:
+        lines.append(f"mean over {result['num_splits']} splits {result['split_id']}")
+    else:
+        lines.append(
+            f"{m.get('num_valid_queries', '?')} queries evaluated ({m.get('num_skipped_queries', 0)} without a valid "
+            f"match skipped) | {result['num_gallery']} gallery tracklets | cosine distance"
+        )
+    cols = ["Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP"]
+    header = f"{'':<12}" + "".join(f"{c:>9}" for c in cols)
+    rule = "-" * len(header)
+    lines += [rule, header, rule]
+
+    def row(name, metrics):
+        vals = "".join(
+            f"{100 * metrics[k]:>9.2f}" if k in metrics and not math.isnan(metrics[k]) else f"{'-':>9}"
+            for k in METRIC_KEYS
+        )
+        return f"{name:<12}{vals}"
+
+    lines.append(row("cosine", m))
+    if "rerank" in result:
+        lines.append(row("re-ranked", result["rerank"]["metrics"]))
+    if "std" in result:
+        lines.append(row("(std)", result["std"]))
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def write_json(obj: dict, path: str) -> None:
+    """Write JSON atomically (temporary file then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
