@@ -1,0 +1,23 @@
+"""Video-ReID data layer: datasets, clip sampling, transforms, identity-balanced loaders.
+
+    from reid.data import Tracklet, build_dataset, build_train_loader, build_test_loader, DATASETS
+    ds = build_dataset("synthetic")                      # or "mars", "duke", "ilidsvid", "prid", "folder"
+    train_loader = build_train_loader(ds.train, seq_len=4, stride=8)
+    test_loader = build_test_loader(ds.query + ds.gallery, clip_len=32)
+"""
+from .datasets import ALIASES, DATASETS, LAYOUTS, DatasetLayoutError, VideoDataset, build_dataset
+from .images import read_frame, report_skipped_frames, reset_skipped_frames, skipped_frames
+from .loaders import TestClipDataset, TrainClipDataset, build_test_loader, build_train_loader
+from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
+from .synthetic import SyntheticConfig, generate_synthetic
+from .temporal import evenly_spaced, temporal_random_crop, test_clip_ranges
+from .tracklet import Tracklet
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+
+__all__ = [
+    "Tracklet", "build_dataset", "build_train_loader", "build_test_loader", "DATASETS", "ALIASES", "LAYOUTS",
+    "VideoDataset", "DatasetLayoutError", "skipped_frames", "report_skipped_frames", "reset_skipped_frames",
+    "read_frame", "TrainClipDataset", "TestClipDataset", "RandomIdentityBatchSampler", "ClipLengthBatchSampler",
+    "SyntheticConfig", "generate_synthetic", "temporal_random_crop", "evenly_spaced", "test_clip_ranges",
+    "ClipTransform", "IMAGENET_MEAN", "IMAGENET_STD",
+]

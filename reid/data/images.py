@@ -1,0 +1,160 @@
+"""Robust frame reading, with a record of skipped frames that survives DataLoader worker processes.
+
+A corrupt or unreadable frame must never end an epoch: it is logged with its path, recorded and
+replaced by the nearest readable frame of the same tracklet. Workers are separate processes, so
+the record is a directory of per-process append-only text files (one path per line) whose
+location travels to the workers through an environment variable; the main process reads them
+all back with `skipped_frames()`.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Optional, Sequence, TextIO
+
+from PIL import Image
+
+__all__ = [
+    "read_frame",
+    "read_tracklet_frames",
+    "skipped_frames",
+    "report_skipped_frames",
+    "reset_skipped_frames",
+    "IMAGE_EXTENSIONS",
+]
+
+logger = logging.getLogger("reid.data")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+_ENV = "AP3D_SKIPPED_FRAMES_DIR"
+# Paths this process already found unreadable: retrying them every epoch would re-log and re-pay
+# the failed decode.
+_known_bad: set[str] = set()
+
+
+def _report_dir() -> str:
+    path = os.environ.get(_ENV)
+    if path and os.path.isdir(path):
+        return path
+    path = tempfile.mkdtemp(prefix="ap3d-skipped-frames-")
+    os.environ[_ENV] = path
+    owner = os.getpid()
+
+    def _cleanup() -> None:
+        if os.getpid() == owner:  # forked children inherit atexit hooks; only the creator cleans up
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(_cleanup)
+    return path
+
+
+def prepare_skip_report() -> str:
+    """Create the report directory now, before DataLoader workers start, so they inherit it."""
+    return _report_dir()
+
+
+def _record(path: str, reason: str) -> None:
+    if path in _known_bad:
+        return
+    _known_bad.add(path)
+    logger.warning("skipping unreadable frame %s (%s)", path, reason)
+    report = os.path.join(_report_dir(), f"{os.getpid()}.txt")
+    # One short O_APPEND write per line: lines from concurrent processes never interleave.
+    with open(report, "a", encoding="utf-8") as fh:
+        fh.write(path.replace("\n", " ") + "\n")
+
+
+def read_frame(path: str) -> Optional[Image.Image]:
+    """The frame as an RGB image, or None (logged and recorded) if it cannot be read."""
+    if path in _known_bad:
+        return None
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later inside a transform
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        _record(path, f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def read_tracklet_frames(paths: Sequence[str], indices: Sequence[int]) -> list[Optional[Image.Image]]:
+    """Read `paths[i]` for each i in `indices`; an unreadable frame becomes the nearest readable one.
+
+    Returns a list the length of `indices`. Entries are None only if no frame of the whole
+    tracklet can be read (the caller then substitutes a blank clip).
+    """
+    cache: dict[int, Optional[Image.Image]] = {}
+
+    def get(i: int) -> Optional[Image.Image]:
+        if i not in cache:
+            cache[i] = read_frame(paths[i])
+        return cache[i]
+
+    out: list[Optional[Image.Image]] = []
+    n = len(paths)
+    for i in indices:
+        img = get(i)
+        if img is None:
+            # Search outwards (i-1, i+1, i-2, ...) for the temporally closest readable frame.
+            for d in range(1, n):
+                for j in (i - d, i + d):
+                    if 0 <= j < n:
+                        img = get(j)
+                        if img is not None:
+                            break
+                if img is not None:
+                    break
+        out.append(img)
+    return out
+
+
+def skipped_frames() -> list[str]:
+    """Every frame path reported unreadable so far, by this process or its DataLoader workers."""
+    path = os.environ.get(_ENV)
+    if not path or not os.path.isdir(path):
+        return sorted(_known_bad)
+    seen: dict[str, None] = {}
+    for name in sorted(os.listdir(path)):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as fh:
+                for line in fh:
+                    line = line.rstrip("\n")
+                    if line:
+                        seen.setdefault(line, None)
+        except OSError:
+            continue
+    for p in sorted(_known_bad):
+        seen.setdefault(p, None)
+    return list(seen)
+
+
+def report_skipped_frames(file: TextIO = None, max_listed: int = 10) -> int:
+    """Print how many frames were skipped (and the first few paths); returns the count."""
+    file = sys.stdout if file is None else file
+    paths = skipped_frames()
+    if not paths:
+        print("data: no unreadable frames were skipped", file=file)
+        return 0
+    print(f"data: {len(paths)} unreadable frame(s) were skipped (replaced by the nearest readable "
+          f"frame of the same tracklet):", file=file)
+    for p in paths[:max_listed]:
+        print(f"  {p}", file=file)
+    if len(paths) > max_listed:
+        print(f"  ... and {len(paths) - max_listed} more", file=file)
+    return len(paths)
+
+
+def reset_skipped_frames() -> None:
+    """Forget every recorded skip (e.g. between independent runs in one process)."""
+    _known_bad.clear()
+    path = os.environ.get(_ENV)
+    if path and os.path.isdir(path):
+        for name in os.listdir(path):
+            try:
+                os.remove(os.path.join(path, name))
+            except OSError:
+                pass

@@ -1,0 +1,116 @@
+"""Datasets of clips and the DataLoaders the training engine consumes."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .images import prepare_skip_report, read_tracklet_frames
+from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
+from .temporal import TEMPORAL_SAMPLERS, evenly_spaced, temporal_random_crop, test_clip_ranges
+from .tracklet import Tracklet
+from .transforms import ClipTransform
+
+__all__ = ["TrainClipDataset", "TestClipDataset", "build_train_loader", "build_test_loader"]
+
+
+def _check_tracklets(tracklets, what: str) -> list[Tracklet]:
+    tracklets = list(tracklets)
+    if not tracklets:
+        raise ValueError(f"{what}: got an empty list of tracklets")
+    for i, t in enumerate(tracklets):
+        if not isinstance(t, tuple) or len(t) != 3:
+            raise TypeError(f"{what}: item {i} must be a Tracklet(paths, pid, camid), got {type(t).__name__}")
+        if len(t[0]) == 0:
+            raise ValueError(f"{what}: tracklet {i} (pid {t[1]}, camid {t[2]}) has no frames")
+    return [Tracklet(tuple(t[0]), int(t[1]), int(t[2])) for t in tracklets]
+
+
+class TrainClipDataset(Dataset):
+    """Indexed by (tracklet index, seed) pairs from RandomIdentityBatchSampler."""
+
+    def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, stride: int, transform: ClipTransform,
+                 sampling: str = "random"):
+        if sampling not in TEMPORAL_SAMPLERS:
+            raise ValueError(f"sampling must be one of {TEMPORAL_SAMPLERS}, got {sampling!r}")
+        for name, v in (("seq_len", seq_len), ("stride", stride)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.tracklets = _check_tracklets(tracklets, "train tracklets")
+        self.seq_len, self.stride, self.transform, self.sampling = seq_len, stride, transform, sampling
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, item)
+        t = self.tracklets[index]
+        rng = np.random.default_rng(seed)
+        n = len(t.paths)
+        if self.sampling == "random":
+            idx = temporal_random_crop(n, self.seq_len, self.stride, rng)
+        else:
+            idx = evenly_spaced(n, self.seq_len)
+        frames = read_tracklet_frames(t.paths, idx)
+        return self.transform(frames, rng), t.pid, t.camid
+
+
+class TestClipDataset(Dataset):
+    """Every tracklet cut into clips of <= clip_len consecutive frames; items are (clip, tracklet index)."""
+
+    def __init__(self, tracklets: Sequence[Tracklet], clip_len: int, transform: ClipTransform):
+        self.tracklets = _check_tracklets(tracklets, "test tracklets")
+        self.clips = [(i, s, e) for i, t in enumerate(self.tracklets) for s, e in test_clip_ranges(len(t.paths), clip_len)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, item):
+        i, s, e = self.clips[item]
+        frames = read_tracklet_frames(self.tracklets[i].paths, range(s, e))
+        return self.transform(frames), i
+
+
+def _worker_init(_):
+    # Each worker decodes one clip at a time; letting every worker spawn a full set of intra-op
+    # threads oversubscribes the CPU and slows the whole loader down.
+    torch.set_num_threads(1)
+
+
+def _loader_kwargs(num_workers, pin_memory):
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+    prepare_skip_report()  # before workers start, so they inherit where to report skipped frames
+    kw = dict(num_workers=num_workers,
+              pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory))
+    if num_workers > 0:
+        kw.update(worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2)
+    return kw
+
+
+def build_train_loader(tracklets: Sequence[Tracklet], seq_len: int = 4, stride: int = 8, height: int = 256,
+                       width: int = 128, num_identities: int = 8, num_instances: int = 4, num_workers: int = 2,
+                       seed: int = 0, rank: Optional[int] = 0, world_size: Optional[int] = 1,
+                       random_erasing: bool = False, pin_memory: Optional[bool] = None,
+                       sampling: str = "random", flip_prob: float = 0.5) -> DataLoader:
+    """P x K identity-balanced clips: yields (clips [B,3,T,H,W], pids [B], camids [B]), B = P*K // world_size.
+
+    `sampling`: "random" (protocol.md's temporal random crop) or "evenly" (seq_len frames spread
+    over the whole tracklet). Call loader.batch_sampler.set_epoch(epoch) each epoch.
+    """
+    transform = ClipTransform(height, width, train=True, flip_prob=flip_prob, random_erasing=random_erasing)
+    dataset = TrainClipDataset(tracklets, seq_len, stride, transform, sampling)
+    sampler = RandomIdentityBatchSampler(dataset.tracklets, num_identities, num_instances, seed=seed,
+                                         rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, **_loader_kwargs(num_workers, pin_memory))
+
+
+def build_test_loader(tracklets: Sequence[Tracklet], clip_len: int = 32, height: int = 256, width: int = 128,
+                      batch_size: int = 8, num_workers: int = 2, pin_memory: Optional[bool] = None) -> DataLoader:
+    """Every frame once: yields (clips [n,3,L,H,W], tracklet_index [n]); clips in a batch share L."""
+    dataset = TestClipDataset(tracklets, clip_len, ClipTransform(height, width, train=False))
+    sampler = ClipLengthBatchSampler([e - s for _, s, e in dataset.clips], batch_size)
+    return DataLoader(dataset, batch_sampler=sampler, **_loader_kwargs(num_workers, pin_memory))
