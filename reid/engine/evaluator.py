@@ -63,7 +63,7 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
             from tqdm import tqdm
 
             total_frames = sum(len(tracklets[i].paths) for i in mine)
-            bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True, leave=False)
+            bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True, leave=False, disable=None)
         for clips, index in loader:
             clips = clips.to(device, non_blocking=True)
             with autocast_context(device, cfg.amp):

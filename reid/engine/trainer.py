@@ -76,7 +76,7 @@ def build_data(cfg: Config, split_id: int):
         options.setdefault("protocol", cfg.mars_protocol)
 
     def make():
-        return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, **options)
+        return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, verbose=False, **options)
 
     if du.world_size() == 1:
         return make()
