@@ -71,7 +71,7 @@ def resolve_dataset_dir(dataset: str, root, dirname: str, markers: Sequence[str]
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path (str or os.PathLike), got {type(root).__name__}")
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    candidates = [os.path.join(root, dirname), root]
+    candidates = [os.path.normpath(os.path.join(root, dirname)), root]
     for cand in candidates:
         if all(os.path.exists(os.path.join(cand, m)) for m in markers):
             return cand
