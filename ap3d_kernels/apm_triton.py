@@ -31,9 +31,11 @@ no division by the gate), and three kernels recompute ``P`` tile by tile from th
 log-sum-exp: dx from the values (per key frame, per channel chunk), the key gradient plus
 ``P^T dphi`` (the gradient of ``vphi``), and the query gradient.
 
-The kernels are registered as ``torch.library.triton_op`` ops (``ap3d::apm_triton_forward`` and
-``ap3d::apm_triton_backward``) with fake kernels, autograd and FLOP formulas, so
-``torch.compile`` keeps them in the graph.
+The kernels are registered as ``torch.library.custom_op`` ops (``ap3d::apm_triton_forward`` and
+``ap3d::apm_triton_backward``) with fake kernels, autograd and FLOP formulas, so ``torch.compile``
+keeps each as one opaque node of the graph (no graph break). ``custom_op`` rather than
+``triton_op``: ``triton_op`` makes the compiler trace into the kernels, which the interpreter
+cannot do, so only ``custom_op`` is the same, tested op on CPU CI and on the GPU.
 
 Interpreter mode: with ``TRITON_INTERPRET=1`` set before triton is imported, the same kernels
 run on CPU tensors (slowly, one fixed config, no autotuning); that is how CI tests them.
@@ -258,8 +260,9 @@ if triton is not None:
                 mask_n = offs_n < HW
                 kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
                 s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
-                p = tl.exp(s - offset[:, None])
-                p = tl.where(mask_n[None, :], p, 0.0)
+                # Masking the exponent (not its result) keeps padded lanes at exp(-inf) = 0 and
+                # never overflows, whatever scale is.
+                p = tl.exp(tl.where(mask_n[None, :], s - offset[:, None], float("-inf")))
                 l_i += tl.sum(p, 1)
                 v = tl.load(v_base + offs_n[:, None] + offs_c[None, :] * stride_xc, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
                 p_dt = p.to(DT)
@@ -360,7 +363,7 @@ if triton is not None:
                         row = ((b * T + t) * (TIME_DIM - 1) + nb) * HW + offs_m
                         lse = tl.load(LSE + row, mask=mask_m, other=0.0)
                         sT = tl.dot(k, qT, input_precision=PREC, out_dtype=ACC) * scale
-                        pT = tl.where(mask_m[None, :], tl.exp(sT - lse[None, :]), 0.0)
+                        pT = tl.exp(tl.where(mask_n[:, None] & mask_m[None, :], sT - lse[None, :], float("-inf")))
                         dz = tl.load(dz_base + offs_m[:, None] + offs_c[None, :] * stride_oc,
                                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
                         if CONTRASTIVE:
@@ -422,7 +425,7 @@ if triton is not None:
                         lse = tl.load(LSE + row, mask=mask_m, other=0.0)
                         delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
                         sT = tl.dot(k, tl.trans(q), input_precision=PREC, out_dtype=ACC) * scale
-                        pT = tl.where(mask_m[None, :], tl.exp(sT - lse[None, :]), 0.0)
+                        pT = tl.exp(tl.where(mask_n[:, None] & mask_m[None, :], sT - lse[None, :], float("-inf")))
                         if ONE_C:
                             dzT = tl.load(dz_base + offs_m[None, :] + offs_cb[:, None] * stride_oc,
                                           mask=mask_m[None, :] & (offs_cb < C)[:, None], other=0.0)
@@ -504,7 +507,7 @@ if triton is not None:
                         mask_nd = mask_n[:, None] & mask_d[None, :]
                         k = tl.load(Q + ((b * T + src) * HW + offs_n[:, None]) * CK + offs_d[None, :], mask=mask_nd, other=0.0)
                         s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * scale
-                        p = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
+                        p = tl.exp(tl.where(mask_m[:, None] & mask_n[None, :], s - lse[:, None], float("-inf")))
                         if ONE_C:
                             vT = tl.load(v_base + offs_n[None, :] + offs_cb[:, None] * stride_xc,
                                          mask=mask_n[None, :] & (offs_cb < C)[:, None], other=0.0)
@@ -534,8 +537,6 @@ if triton is not None:
 # Launchers (called inside the registered ops; arguments are already validated and laid out)
 # ---------------------------------------------------------------------------------------------
 def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
-    from torch.library import wrap_triton
-
     B, C, T, HW = x.shape
     ck = q.shape[-1]
     nb = time_dim - 1
@@ -553,7 +554,7 @@ def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
     def grid(meta):
         return (triton.cdiv(HW, meta["BLOCK_M"]), B * T * time_dim, triton.cdiv(C, block_c))
 
-    wrap_triton(_apm_fwd_kernel)[grid](
+    _apm_fwd_kernel[grid](
         x, q.to(_qk_dtype(x.dtype)), vphi if contrastive else q, tw if contrastive else q, out, lse, gate, phi,
         scale,
         T, HW, C, ck,
@@ -568,8 +569,6 @@ def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
 
 def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, contrastive,
                      detach_gate_inputs, allow_tf32):
-    from torch.library import wrap_triton
-
     B, C, T, HW = x.shape
     ck = q.shape[-1]
     nb = time_dim - 1
@@ -586,7 +585,7 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
     # delta = rowsum(dy * y) = R, exactly and without dividing by a (which may underflow).
     rowdot = x.new_empty((B, T, nb, HW), dtype=acc)
     block_m = 16 if _INTERPRETED else 64
-    wrap_triton(_apm_bwd_rowdot_kernel)[(triton.cdiv(HW, block_m), B * T * nb)](
+    _apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m), B * T * nb)](
         dout, out, rowdot, T, HW, C, dout.stride(0), dout.stride(1), dout.stride(2),
         TIME_DIM=time_dim, BLOCK_M=block_m, BLOCK_C=block_c,
     )
@@ -603,13 +602,13 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
         delta = rowdot
 
     dx = torch.empty_like(x)
-    wrap_triton(_apm_bwd_dx_kernel)[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T, triton.cdiv(C, block_c))](
+    _apm_bwd_dx_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T, triton.cdiv(C, block_c))](
         dout, x, qk, lse, gate if contrastive else lse, dx,
         scale, T, HW, C, ck, *strides,
         TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, PREC=prec, BLOCK_C=block_c,
     )
     dk = torch.empty_like(q)
-    wrap_triton(_apm_bwd_dk_kernel)[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T)](
+    _apm_bwd_dk_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
         dphi if contrastive else q, dk, dvphi if contrastive else dk,
         scale, T, HW, C, ck, *strides,
@@ -617,7 +616,7 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
         PREC=prec, ONE_C=one_c, BLOCK_C=block_c,
     )
     dq = torch.empty_like(q)
-    wrap_triton(_apm_bwd_dq_kernel)[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]), B * T)](
+    _apm_bwd_dq_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]), B * T)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
         dphi if contrastive else q, dq,
         scale, T, HW, C, ck, *strides,
@@ -658,9 +657,9 @@ def triton_backward_flops(
 # torch.library registration
 # ---------------------------------------------------------------------------------------------
 if triton is not None:
-    from torch.library import register_fake, triton_op
+    from torch.library import custom_op, register_fake
 
-    @triton_op("ap3d::apm_triton_forward", mutates_args=())
+    @custom_op("ap3d::apm_triton_forward", mutates_args=())
     def apm_triton_forward(
         x: torch.Tensor,
         q: torch.Tensor,
@@ -691,7 +690,7 @@ if triton is not None:
             return out, lse, x.new_empty((B, T, nb, HW), dtype=acc), x.new_empty((B, T, nb, HW, ck), dtype=acc)
         return out, lse, x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
 
-    @triton_op("ap3d::apm_triton_backward", mutates_args=())
+    @custom_op("ap3d::apm_triton_backward", mutates_args=())
     def apm_triton_backward(
         dout: torch.Tensor,
         x: torch.Tensor,
