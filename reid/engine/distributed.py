@@ -24,6 +24,7 @@ __all__ = [
     "all_reduce_sum",
     "all_gather_rows",
     "broadcast_object",
+    "broadcast_module_state",
 ]
 
 
@@ -133,6 +134,20 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Make every rank's parameters and buffers equal to rank ``src``'s.
+
+    DDP keeps parameters in sync, but each rank's BatchNorm running statistics last saw its
+    own share of the final batch; evaluating with diverging statistics would mix features
+    computed by slightly different models.
+    """
+    if not _active():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src)
 
 
 def broadcast_object(obj, src: int = 0):

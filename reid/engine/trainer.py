@@ -362,6 +362,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
                 tb.scalars(epoch_done, **{"epoch/loss": mean[0], "epoch/acc": mean[3], "epoch/lr": lr})
             improved = False
             if cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
+                du.broadcast_module_state(_unwrap(model))
                 result = evaluate(_unwrap(model), ds, cfg, device)
                 if main:
                     log.info(format_results(result, title=f"Evaluation after epoch {epoch_done}"))
@@ -380,6 +381,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
             step_log.close()
 
     train_time = time.time() - t_start
+    du.broadcast_module_state(_unwrap(model))
     result = evaluate(_unwrap(model), ds, cfg, device)
     if main:
         if result["metrics"]["mAP"] >= best["mAP"]:

@@ -17,6 +17,11 @@ TINY_DATA = {
 
 
 @pytest.fixture(scope="session")
+def tiny_data():
+    return dict(TINY_DATA)
+
+
+@pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """Synthetic data generated once per session (the data package caches it under this root)."""
     from reid.data import build_dataset
