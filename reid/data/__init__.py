@@ -10,7 +10,7 @@ from .images import read_frame, report_skipped_frames, reset_skipped_frames, ski
 from .loaders import TestClipDataset, TrainClipDataset, build_test_loader, build_train_loader
 from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
 from .synthetic import SyntheticConfig, generate_synthetic
-from .temporal import evenly_spaced, temporal_random_crop, test_clip_ranges
+from .temporal import evenly_spaced, temporal_random_crop, clip_ranges
 from .tracklet import Tracklet
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
 
@@ -18,6 +18,6 @@ __all__ = [
     "Tracklet", "build_dataset", "build_train_loader", "build_test_loader", "DATASETS", "ALIASES", "LAYOUTS",
     "VideoDataset", "DatasetLayoutError", "skipped_frames", "report_skipped_frames", "reset_skipped_frames",
     "read_frame", "TrainClipDataset", "TestClipDataset", "RandomIdentityBatchSampler", "ClipLengthBatchSampler",
-    "SyntheticConfig", "generate_synthetic", "temporal_random_crop", "evenly_spaced", "test_clip_ranges",
+    "SyntheticConfig", "generate_synthetic", "temporal_random_crop", "evenly_spaced", "clip_ranges",
     "ClipTransform", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import prepare_skip_report, read_tracklet_frames
 from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
-from .temporal import TEMPORAL_SAMPLERS, evenly_spaced, temporal_random_crop, test_clip_ranges
+from .temporal import TEMPORAL_SAMPLERS, evenly_spaced, temporal_random_crop, clip_ranges
 from .tracklet import Tracklet
 from .transforms import ClipTransform
 
@@ -62,7 +62,7 @@ class TestClipDataset(Dataset):
 
     def __init__(self, tracklets: Sequence[Tracklet], clip_len: int, transform: ClipTransform):
         self.tracklets = _check_tracklets(tracklets, "test tracklets")
-        self.clips = [(i, s, e) for i, t in enumerate(self.tracklets) for s, e in test_clip_ranges(len(t.paths), clip_len)]
+        self.clips = [(i, s, e) for i, t in enumerate(self.tracklets) for s, e in clip_ranges(len(t.paths), clip_len)]
         self.transform = transform
 
     def __len__(self) -> int:

@@ -34,9 +34,11 @@ class RandomIdentityBatchSampler(Sampler):
     """Yields batches of (tracklet index, sample seed) pairs.
 
     Each epoch, every identity's tracklets are shuffled (an identity with fewer than K is
-    topped up by sampling with replacement) and cut into groups of K; batches then take one group
-    from each of P randomly chosen identities until fewer than P identities have groups left
-    (so drop_last is implied). Everything is a function of (seed, epoch): every rank computes
+    topped up by sampling with replacement) and cut into groups of K (a remainder < K is dropped);
+    each batch takes one group from each of P distinct identities, drawn in proportion to the
+    groups they have left. An epoch has a fixed number of batches, total groups // P, so that
+    len(loader) is the same every epoch (identities that run out near the end of an epoch are
+    refilled with a fresh group). Everything is a function of (seed, epoch): every rank computes
     the same global batches and keeps rows [rank*B, (rank+1)*B) of each, B = P*K // world_size,
     in identity-major order, so ranks get disjoint shares and, when world_size divides P, whole
     identities (every anchor keeps its K-1 positives on its own rank).
@@ -69,6 +71,9 @@ class RandomIdentityBatchSampler(Sampler):
         self.pids = sorted(self.index_by_pid)
         self.P, self.K, self.seed = num_identities, num_instances, seed
         self.batch_size = total // self.world_size
+        # Fixed for every epoch: each identity contributes max(1, n // K) groups of K clips.
+        groups = sum(max(1, len(v) // num_instances) for v in self.index_by_pid.values())
+        self.num_batches = max(1, groups // num_identities)
         self.epoch = 0
         self._cache: tuple[int, list] = (-1, [])
 
@@ -91,14 +96,24 @@ class RandomIdentityBatchSampler(Sampler):
                 idxs = np.concatenate([idxs, rng.choice(idxs, size=self.K - len(idxs), replace=True)])
             usable = len(idxs) - len(idxs) % self.K
             groups[pid] = [idxs[i:i + self.K].tolist() for i in range(0, usable, self.K)]
-        available = list(self.pids)
         batches = []
-        while len(available) >= self.P:
-            chosen = rng.choice(len(available), size=self.P, replace=False)
+        for _ in range(self.num_batches):
+            available = [p for p in self.pids if groups[p]]
+            if len(available) < self.P:
+                # The last batches of an epoch: refill a few exhausted identities with a fresh
+                # group so every batch still has P distinct identities.
+                exhausted = [p for p in self.pids if not groups[p]]
+                for j in rng.choice(len(exhausted), size=self.P - len(available), replace=False):
+                    pid = exhausted[j]
+                    groups[pid] = [rng.choice(self.index_by_pid[pid], size=self.K,
+                                              replace=len(self.index_by_pid[pid]) < self.K).tolist()]
+                available = [p for p in self.pids if groups[p]]
+            # Identities with more groups left are drawn more often, so all run out together.
+            weight = np.array([len(groups[p]) for p in available], dtype=np.float64)
+            chosen = rng.choice(len(available), size=self.P, replace=False, p=weight / weight.sum())
             batch = []
             for j in chosen:
                 batch.extend(groups[available[j]].pop())
-            available = [p for p in available if groups[p]]
             seeds = rng.integers(0, 2 ** 62, size=len(batch))
             batches.append([(int(i), int(s)) for i, s in zip(batch, seeds)])
         self._cache = (epoch, batches)
@@ -113,7 +128,7 @@ class RandomIdentityBatchSampler(Sampler):
             self.epoch = epoch + 1
 
     def __len__(self) -> int:
-        return len(self.global_batches())
+        return self.num_batches
 
 
 class ClipLengthBatchSampler(Sampler):

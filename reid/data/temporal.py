@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-__all__ = ["temporal_random_crop", "evenly_spaced", "test_clip_ranges", "TEMPORAL_SAMPLERS"]
+__all__ = ["temporal_random_crop", "evenly_spaced", "clip_ranges", "TEMPORAL_SAMPLERS"]
 
 
 def _check(n: int, size: int) -> None:
@@ -40,7 +40,7 @@ def evenly_spaced(n: int, size: int) -> list[int]:
     return [int(round(i * (n - 1) / (size - 1))) for i in range(size)]
 
 
-def test_clip_ranges(n: int, clip_len: int = 32) -> list[tuple[int, int]]:
+def clip_ranges(n: int, clip_len: int = 32) -> list[tuple[int, int]]:
     """Cover every frame exactly once with ceil(n / clip_len) consecutive clips of <= clip_len
     frames: full clips, then the remainder (the AP3D release's torch.split)."""
     if clip_len < 1:
