@@ -45,6 +45,8 @@ class TrainClipDataset(Dataset):
         return len(self.tracklets)
 
     def __getitem__(self, item):
+        # From RandomIdentityBatchSampler: (index, seed). A plain index (any other sampler) seeds
+        # the clip's randomness with the index itself, which keeps it reproducible too.
         index, seed = item if isinstance(item, tuple) else (item, item)
         t = self.tracklets[index]
         rng = np.random.default_rng(seed)

@@ -198,3 +198,8 @@ def test_unknown_dataset_and_unknown_option_are_rejected(tmp_path):
     # aliases of the usual spellings resolve to the canonical loaders
     make_duke(str(tmp_path), long_tracklet=2)
     assert build_dataset("DukeMTMCVidReID", root=str(tmp_path), verbose=False).name == "DukeMTMC-VideoReID"
+
+
+def test_root_may_also_be_the_dataset_folder_itself(mars_root):
+    direct = build_dataset("mars", root=os.path.join(mars_root, "MARS"), verbose=False)
+    assert direct.train == build_dataset("mars", root=mars_root, verbose=False).train

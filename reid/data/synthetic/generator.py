@@ -302,6 +302,8 @@ def generate_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig()
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         anns: dict = {}
         total = 0
+        if multiprocessing.current_process().daemon:
+            workers = 1  # daemonic processes (e.g. DataLoader workers) may not start a pool
         if workers == 1 or len(tasks) < 4:
             results = map(_render_identity, tasks)
             pool = None
