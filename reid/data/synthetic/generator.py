@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image
 
 from .appearance import garment_texture, sample_appearance
-from .render import SUPERSAMPLE, Camera, Occluder, draw_occluder, draw_person, make_camera
+from .render import SCENES, SUPERSAMPLE, Camera, Occluder, draw_occluder, draw_person, make_camera
 
 __all__ = ["SyntheticConfig", "generate_synthetic", "ensure_synthetic", "default_cache_dir",
            "GENERATOR_VERSION", "MANIFEST"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
 ANNOTATIONS = "annotations.json"
 _SPLIT_CODE = {"train": 1, "test": 2}
@@ -136,7 +136,9 @@ def _camera(cfg: SyntheticConfig, camid: int) -> Camera:
     if key not in _camera_cache:
         bw, bh, cw, ch = _geometry(cfg)
         width = cw * 3 + 8 * SUPERSAMPLE * cfg.max_frames
-        _camera_cache[key] = make_camera(camid, np.random.default_rng([cfg.seed, 7, camid]), width, ch)
+        # Consecutive cameras cycle through the scene kinds, so any 2-3 cameras look clearly different.
+        kind = SCENES[(camid + int(np.random.default_rng([cfg.seed, 8]).integers(len(SCENES)))) % len(SCENES)]
+        _camera_cache[key] = make_camera(camid, np.random.default_rng([cfg.seed, 7, camid]), width, ch, kind)
     return _camera_cache[key]
 
 

@@ -35,11 +35,15 @@ def _jitter(rng, colour, amount=18):
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
-def make_camera(camid: int, rng: np.random.Generator, width: int, height: int) -> Camera:
-    """A camera: a scene type (corridor, street or park) with its own layout and lighting."""
+SCENES = ("corridor", "street", "park")
+
+
+def make_camera(camid: int, rng: np.random.Generator, width: int, height: int, kind: str) -> Camera:
+    """A camera: a scene (corridor, street or park) with its own layout and lighting."""
+    if kind not in SCENES:
+        raise ValueError(f"scene kind must be one of {SCENES}, got {kind!r}")
     img = Image.new("RGB", (width, height))
     d = ImageDraw.Draw(img)
-    kind = ("corridor", "street", "park")[int(rng.integers(3))]
     horizon = int(height * rng.uniform(0.42, 0.58))
     if kind == "corridor":
         wall = _jitter(rng, (200, 195, 180), 40)
