@@ -31,7 +31,7 @@ from .render import SCENES, SUPERSAMPLE, Camera, Occluder, draw_occluder, draw_p
 __all__ = ["SyntheticConfig", "generate_synthetic", "ensure_synthetic", "default_cache_dir",
            "GENERATOR_VERSION", "MANIFEST"]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST = "manifest.json"
 ANNOTATIONS = "annotations.json"
 _SPLIT_CODE = {"train": 1, "test": 2}
@@ -221,7 +221,7 @@ def render_tracklet(cfg: SyntheticConfig, app, textures, camid: int, rng: np.ran
         flicker = 1.0 + rng.normal(0.0, 0.02)
         arr = (arr - 128.0) * cam.contrast + 128.0
         arr = arr * cam.gain * (cam.brightness * flicker)
-        arr += rng.normal(0.0, cam.noise, size=arr.shape).astype(np.float32)
+        arr += rng.standard_normal(size=arr.shape, dtype=np.float32) * np.float32(cam.noise)
         frames.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
     ann = {"boxes": np.round(boxes, 4).tolist(), "back_view": back_view, "facing": int(facing),
            "occluder": occ.kind if occ is not None else None}
