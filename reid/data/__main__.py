@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from .datasets import DATASETS, build_dataset
@@ -55,7 +56,11 @@ def main(argv=None) -> int:
     p.add_argument("--contact-sheet", metavar="PNG", default=None, help="also save a PNG of a few train tracklets")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    ds = build_dataset(args.dataset, root=args.root, split_id=args.split_id, **dataset_options(args))
+    try:
+        ds = build_dataset(args.dataset, root=args.root, split_id=args.split_id, **dataset_options(args))
+    except (OSError, ValueError, TypeError) as exc:  # bad root / layout / option: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"(loaded in {time.perf_counter() - t0:.1f} s)")
     if args.contact_sheet:
         from .contact_sheet import contact_sheet

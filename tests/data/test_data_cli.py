@@ -21,3 +21,9 @@ def test_cli_generates_prints_the_summary_and_saves_a_contact_sheet(tmp_path, ca
                        "--rows", "2", "--frames", "4", "--subset", "query"] + TINY) == 0
     with Image.open(tmp_path / "b.png") as sheet:
         assert sheet.size[1] == 2 * (128 + 2)  # two rows of 128-pixel-high frames
+
+
+def test_cli_reports_a_missing_dataset_without_a_traceback(tmp_path, capsys):
+    assert main(["--dataset", "prid", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: PRID2011: expected") and "cam_a/person_0001" in err

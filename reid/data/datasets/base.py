@@ -17,7 +17,6 @@ __all__ = [
     "list_images",
     "natural_key",
     "check_split_id",
-    "check_bool",
 ]
 
 logger = logging.getLogger("reid.data")
@@ -92,12 +91,6 @@ def check_split_id(split_id, num_splits: int) -> int:
     if not 0 <= split_id < num_splits:
         raise ValueError(f"split_id must be in [0, {num_splits - 1}] for this dataset, got {split_id}")
     return split_id
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 @dataclass

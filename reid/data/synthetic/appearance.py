@@ -128,9 +128,7 @@ def garment_texture(g: Garment, width: int, height: int, split_y: int, chest: tu
     elif g.pattern == "logo":
         cx, cy = chest
         sel = (np.abs(xx - cx) < p * 0.9) & (np.abs(yy - cy) < p * 0.7)
-    elif g.pattern == "jeans":
-        sel = np.zeros((height, width), dtype=bool)
-    else:
+    else:  # solid, jeans (plain colour; jeans get a coarser grain below)
         sel = np.zeros((height, width), dtype=bool)
     tex = np.where(sel[..., None], np.array(g.c2, np.float32), np.array(g.c1, np.float32))
     # Fabric grain: fixed per identity, so it is appearance, not noise.
