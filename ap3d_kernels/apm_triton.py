@@ -351,7 +351,7 @@ if triton is not None:
                      mask=mask_n[:, None] & mask_c[None, :], other=0.0).to(ACC)
         for slot in tl.static_range(TIME_DIM):
             if slot != HALF:
-                nb: tl.constexpr = slot if slot < HALF else slot - 1
+                nb = slot if slot < HALF else slot - 1
                 t = tk - (slot - HALF)  # the centre frame that has tk as this neighbour
                 if (t >= 0) & (t < T):
                     dz_base = DOUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
@@ -412,7 +412,7 @@ if triton is not None:
         dvphi = tl.zeros([BLOCK_N, CKP], dtype=ACC)
         for slot in tl.static_range(TIME_DIM):
             if slot != HALF:
-                nb: tl.constexpr = slot if slot < HALF else slot - 1
+                nb = slot if slot < HALF else slot - 1
                 t = tk - (slot - HALF)
                 if (t >= 0) & (t < T):
                     dz_base = DOUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
@@ -486,7 +486,7 @@ if triton is not None:
         dq = tl.zeros([BLOCK_M, CKP], dtype=ACC)
         for slot in tl.static_range(TIME_DIM):
             if slot != HALF:
-                nb: tl.constexpr = slot if slot < HALF else slot - 1
+                nb = slot if slot < HALF else slot - 1
                 src = t + (slot - HALF)
                 if (src >= 0) & (src < T):
                     row = ((b * T + t) * (TIME_DIM - 1) + nb) * HW + offs_m
