@@ -279,3 +279,16 @@ def test_loader_argument_errors(coded_tracklets):
         build_train_loader(coded_tracklets, sampling="dense", num_workers=0)
     with pytest.raises(ValueError, match="height must be a positive int"):
         build_test_loader(coded_tracklets, height=0, num_workers=0)
+
+
+def test_rank_and_world_size_default_to_the_initialised_process_group(monkeypatch):
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    tracklets = _tracklets([4] * 8)
+    auto = RandomIdentityBatchSampler(tracklets, 4, 4, seed=0, rank=None, world_size=None)
+    explicit = RandomIdentityBatchSampler(tracklets, 4, 4, seed=0, rank=1, world_size=2)
+    assert (auto.rank, auto.world_size, auto.batch_size) == (1, 2, 8)
+    assert list(auto) == list(explicit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -281,6 +282,14 @@ def _render_identity(args):
     return anns, frames_written
 
 
+def _say(verbose: bool, message: str) -> None:
+    # Generation takes a while, so it is always announced: printed when verbose, else logged.
+    if verbose:
+        print(message, flush=True)
+    else:
+        logging.getLogger("reid.data").info(message)
+
+
 def generate_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig(), workers: Optional[int] = None,
                        verbose: bool = True) -> dict:
     """Render the whole set into `out_dir` (which must not exist or be empty); returns the manifest.
@@ -290,6 +299,8 @@ def generate_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig()
     half-written set behind a manifest.
     """
     out_dir = os.path.abspath(out_dir)
+    _say(verbose, f"synthetic: generating {config.num_train_ids} + {config.num_test_ids} identities "
+                  f"(seed {config.seed}, misalignment {config.misalignment:g}) into {out_dir} (first use only)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
@@ -349,9 +360,8 @@ def generate_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig()
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run finished first; keep its copy
             return read_manifest(out_dir)
-        if verbose:
-            print(f"synthetic: generated {len(anns)} tracklets / {total} frames of {len(ids)} identities in "
-                  f"{elapsed:.1f} s with {workers} worker(s) -> {out_dir}")
+        _say(verbose, f"synthetic: generated {len(anns)} tracklets / {total} frames of {len(ids)} identities in "
+                      f"{elapsed:.1f} s with {workers} worker(s) -> {out_dir}")
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
