@@ -27,3 +27,20 @@ def test_cli_reports_a_missing_dataset_without_a_traceback(tmp_path, capsys):
     assert main(["--dataset", "prid", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: PRID2011: expected") and "cam_a/person_0001" in err
+
+
+def test_cli_verify_lists_corrupt_frames_and_fails(tmp_path, capsys):
+    import os
+    from data_fakes import make_folder
+    from reid.data import reset_skipped_frames
+    reset_skipped_frames()
+    root = make_folder(str(tmp_path), {"train": [(1, "c0", 3)], "query": [(2, "c0", 2)], "gallery": [(2, "c1", 2)]})
+    assert main(["--dataset", "folder", "--root", root, "--verify"]) == 0
+    assert "verified 7 frames" in capsys.readouterr().out
+    bad = os.path.join(root, "gallery", "2", "c1", "1.png")
+    with open(bad, "wb") as fh:
+        fh.write(b"\x89PNG broken")
+    assert main(["--dataset", "folder", "--root", root, "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "1 unreadable frame(s)" in out and bad in out
+    reset_skipped_frames()
