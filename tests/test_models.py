@@ -144,7 +144,7 @@ def test_pretrained_errors_are_explicit(weights, tmp_path):
 
 # ------------------------------------------------------------------------------------ inflation
 @pytest.mark.parametrize("depth", [18, 50])
-def test_inflated_c2d_is_the_2d_resnet_applied_frame_by_frame(depth, weights, weight_files):
+def test_inflated_c2d_is_the_2d_resnet_applied_frame_by_frame(depth, weight_files):
     torch.manual_seed(0)
     model2d = {18: resnet18, 50: resnet50}[depth](pretrained=weight_files[depth]).eval()
     set_last_stride(model2d, 1)
@@ -156,7 +156,14 @@ def test_inflated_c2d_is_the_2d_resnet_applied_frame_by_frame(depth, weights, we
     assert fmap.shape == (2, model2d.feature_dim, 3, SMALL[0] // 16, SMALL[1] // 16)
     torch.testing.assert_close(fmap.amax(dim=(3, 4)).transpose(1, 2), expected, rtol=1e-4, atol=1e-4)
 
-    video = build_model(f"c2d_resnet{depth}", num_classes=5, pretrained=weight_files[depth]).eval()
+
+def test_c2d_model_is_the_2d_resnet_per_frame_followed_by_the_neck(weight_files):
+    torch.manual_seed(0)
+    model2d = resnet18(pretrained=weight_files[18]).eval()
+    set_last_stride(model2d, 1)
+    clips = torch.randn(2, 3, 3, *SMALL)
+    expected = per_frame(model2d, clips)
+    video = build_model("c2d_resnet18", num_classes=5, pretrained=weight_files[18]).eval()
     torch.testing.assert_close(video.pooled_features(clips), expected, rtol=1e-4, atol=1e-4)
     # eval output: the neck (an affine map in eval) applied to every frame
     bn = video.bn

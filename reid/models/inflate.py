@@ -32,7 +32,9 @@ def inflate_conv(conv2d: nn.Conv2d) -> nn.Conv3d:
         raise TypeError(f"inflate_conv: expected an nn.Conv2d, got {type(conv2d).__name__}")
     if isinstance(conv2d.padding, str):
         raise ValueError(f"inflate_conv: string padding {conv2d.padding!r} is not supported; use explicit ints")
-    conv3d = nn.Conv3d(
+    # skip_init: the weights are overwritten below, so don't pay for a random initialisation
+    conv3d = nn.utils.skip_init(
+        nn.Conv3d,
         conv2d.in_channels,
         conv2d.out_channels,
         kernel_size=(1, *conv2d.kernel_size),
