@@ -288,6 +288,26 @@ def test_resnet50_parameter_counts_match_tables_1_and_2(arch):
     assert count_parameters(model, exclude_classifier=False) == count_parameters(model) + 2048 * 625 + 625
 
 
+def test_state_dict_keys_follow_the_authors_release():
+    """So the release's AP3D / NL-AP3D checkpoints load with ``model.load_state_dict``."""
+    keys = set(meta_model("nl_ap3d").state_dict())
+    for key in (
+        "conv1.weight",
+        "layer1.0.conv2.weight",
+        "layer2.0.conv2.APM.semantic_mapping.weight",
+        "layer2.0.conv2.APM.contrastive_att_net.0.weight",
+        "layer2.0.conv2.spatial_conv3d.weight",
+        "layer2.0.conv2.temporal_conv3d.weight",
+        "layer2.2.g.0.weight",  # the non-local block after block 1
+        "layer2.2.W.1.running_var",
+        "layer2.3.conv2.APM.x_mapping.weight",  # residual block 2
+        "layer4.0.downsample.1.running_mean",
+        "bn.weight",
+        "classifier.weight",
+    ):
+        assert key in keys, key
+
+
 # ------------------------------------------------------------------------ factory and placements
 def test_names_backbones_and_aliases():
     assert parse_model_name("ap3d") == ("ap_p3d_c", "resnet50")

@@ -38,7 +38,6 @@ class APM(nn.Module):
         self,
         channels: int,
         reduction: int = 16,
-        *,
         scale: float = 4.0,
         time_dim: int = 3,
         contrastive: bool = True,
