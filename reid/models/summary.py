@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .factory import ARCHITECTURES, BACKBONES, build_model, count_parameters
+from .factory import ALIASES, ARCHITECTURES, BACKBONES, build_model, count_parameters
 from .video_resnet import apm_modules
 
 __all__ = ["PAPER_RESNET50", "SummaryRow", "summarize", "count_flops", "format_table", "main"]
@@ -105,7 +105,8 @@ def summarize(
     device = torch.device(device)
     rows = []
     for name in names:
-        model = build_model(f"{name}_{backbone}", num_classes=1, apm_backend=apm_backend).to(device)
+        with device:  # built in place: on "meta" (shapes only) construction and counting are instant
+            model = build_model(f"{name}_{backbone}", num_classes=1, apm_backend=apm_backend)
         arch = ARCHITECTURES[model.architecture]
         total = None
         backend = _resolved_backend(model, device)
@@ -157,12 +158,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Parameters (M, classifier excluded) and FLOPs of one clip for every AP3D-paper architecture.",
     )
     parser.add_argument("--backbone", choices=[*BACKBONES, "all"], default="resnet50")
-    parser.add_argument("--models", nargs="+", choices=list(ARCHITECTURES), help="default: all architectures")
+    parser.add_argument("--models", nargs="+", choices=[*ARCHITECTURES, *ALIASES], help="default: all architectures")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--apm-backend", default="auto", choices=["auto", "reference", "cpu", "triton"])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the counting forward runs; 'meta' counts from shapes alone (seconds, APM via the reference)",
+    )
     parser.add_argument("--no-flops", action="store_true", help="parameters only (fast)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
