@@ -292,3 +292,17 @@ def test_rank_and_world_size_default_to_the_initialised_process_group(monkeypatc
     explicit = RandomIdentityBatchSampler(tracklets, 4, 4, seed=0, rank=1, world_size=2)
     assert (auto.rank, auto.world_size, auto.batch_size) == (1, 2, 8)
     assert list(auto) == list(explicit)
+
+
+def test_a_tracklet_with_no_readable_frame_yields_a_mean_coloured_clip(tmp_path):
+    reset_skipped_frames()
+    paths = []
+    for f in range(3):
+        p = tmp_path / f"{f}.jpg"
+        p.write_bytes(b"\xff\xd8 truncated jpeg")
+        paths.append(str(p))
+    loader = build_test_loader([Tracklet(tuple(paths), 1, 0)], height=16, width=8, num_workers=0)
+    (clips, index), = list(loader)
+    assert clips.shape == (1, 3, 3, 16, 8) and torch.count_nonzero(clips) == 0 and index.tolist() == [0]
+    assert sorted(skipped_frames()) == sorted(paths)
+    reset_skipped_frames()
