@@ -154,6 +154,14 @@ def _tf32_allowed() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
+# Autotuning space on GPU, keyed on (HW, C, Ck): (BLOCK_M, BLOCK_N, num_warps, num_stages). The
+# value block BLOCK_C is chosen by the launcher (all of C up to 128 per program).
+GPU_CONFIG_CHOICES = {
+    "fwd": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3), (32, 64, 4, 2)],
+    "bwd": [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2)],
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
@@ -169,14 +177,8 @@ if triton is not None:
             for (*blocks, warps, stages) in gpu_choices
         ]
 
-    _FWD_CONFIGS = _configs(
-        ("BLOCK_M", "BLOCK_N"),
-        [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3), (32, 64, 4, 2)],
-    )
-    _BWD_CONFIGS = _configs(
-        ("BLOCK_M", "BLOCK_N"),
-        [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2)],
-    )
+    _FWD_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["fwd"])
+    _BWD_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd"])
     _KEY = ["HW", "C", "CK"]
 
     @triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
