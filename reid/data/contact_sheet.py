@@ -44,7 +44,7 @@ def contact_sheet(tracklets: Sequence[Tracklet], out: str, frames: int = 12, hei
 
 
 def main(argv=None) -> int:
-    from . import build_dataset, DATASETS
+    from . import build_dataset
     from .__main__ import add_dataset_arguments, dataset_options
 
     p = argparse.ArgumentParser(prog="python -m reid.data.contact_sheet", description=__doc__.splitlines()[0])
@@ -54,7 +54,6 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=8, help="tracklets to show")
     p.add_argument("--frames", type=int, default=12, help="frames per tracklet")
     args = p.parse_args(argv)
-    assert args.dataset in DATASETS
     ds = build_dataset(args.dataset, root=args.root, split_id=args.split_id, verbose=False, **dataset_options(args))
     items = getattr(ds, args.subset)
     step = max(1, len(items) // max(1, args.rows))
