@@ -40,7 +40,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     cfg = load_config(args, base=base)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
-    ds = build_data(cfg, int(cfg.split_id))
+    ds = build_data(cfg, int(cfg.split_id), info)
     model = build_network(cfg, int(ckpt["num_classes"]), pretrained=None)
     try:
         model.load_state_dict(ckpt["model"])
@@ -63,7 +63,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = build_parser("Evaluate reid.train checkpoints with the video re-ID protocol.", extra=_extra)
+    parser = build_parser("Evaluate reid.train checkpoints with the video re-ID protocol.", extra=_extra, prog="python -m reid.test")
     args = parser.parse_args(argv)
     info = None
     try:

@@ -16,7 +16,7 @@ from .engine.trainer import NonFiniteLossError, train
 
 
 def main(argv=None) -> int:
-    parser = build_parser("Train a video re-ID network (AP3D family) and evaluate it.")
+    parser = build_parser("Train a video re-ID network (AP3D family) and evaluate it.", prog="python -m reid.train")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args)

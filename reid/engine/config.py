@@ -63,8 +63,8 @@ class Config:
     lr: float = _f(3e-4, "base learning rate", "optim")
     weight_decay: float = _f(5e-4, "weight decay", "optim")
     momentum: float = _f(0.9, "SGD momentum", "optim")
-    epochs: int = _f(8, "training epochs", "optim")
-    milestones: list = _f([6], "epochs at which the learning rate is multiplied by gamma", "optim")
+    epochs: int = _f(6, "training epochs", "optim")
+    milestones: list = _f([4], "epochs at which the learning rate is multiplied by gamma", "optim")
     gamma: float = _f(0.1, "learning-rate decay factor at each milestone", "optim")
     warmup_epochs: int = _f(0, "linear warm-up epochs (0 = none, as in the release)", "optim")
     warmup_factor: float = _f(0.01, "learning-rate multiplier at the start of warm-up", "optim")
@@ -240,9 +240,9 @@ def _parse_option(text: str):
     return key, yaml.safe_load(value)
 
 
-def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
+def build_parser(description: str, extra=None, prog: Optional[str] = None) -> argparse.ArgumentParser:
     """Parser with ``--config`` and one flag per Config field (all defaulting to 'not given')."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML config file (flags override its values)")
     if extra is not None:
         extra(parser)

@@ -25,6 +25,8 @@ __all__ = [
     "all_gather_rows",
     "broadcast_object",
     "broadcast_module_state",
+    "all_gather_object",
+    "run_staged",
 ]
 
 
@@ -134,6 +136,41 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's Python object, in rank order (``[obj]`` for a single process)."""
+    if not _active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def run_staged(make, info: "DistInfo"):
+    """Call ``make()`` on every rank in three waves: global rank 0, then the first process of
+    every other node, then the rest, so that a dataset generated or cached on first use is
+    written by one process per filesystem before the others read it. An exception on any rank
+    is re-raised on every rank (no rank is left waiting at a barrier)."""
+    waves = (
+        info.rank == 0,
+        info.rank != 0 and info.local_rank == 0,
+        info.local_rank != 0,
+    )
+    result = None
+    for mine in waves:
+        error = None
+        if mine:
+            try:
+                result = make()
+            except Exception as exc:  # reported to all ranks below
+                error = (info.rank, exc)
+        errors = [e for e in all_gather_object(None if error is None else (error[0], f"{type(error[1]).__name__}: {error[1]}")) if e]
+        if error is not None:
+            raise error[1]
+        if errors:
+            raise RuntimeError(f"rank {errors[0][0]} failed: {errors[0][1]}")
+    return result
 
 
 def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:

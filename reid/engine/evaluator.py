@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -101,10 +102,18 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
 def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -> Optional[dict]:
     """Extract query/gallery features and compute the metrics; the result dict on rank 0."""
     t0 = time.time()
+    log = logging.getLogger("reid")
+    if du.is_main():
+        frames = sum(len(t.paths) for t in dataset.query) + sum(len(t.paths) for t in dataset.gallery)
+        log.info(
+            f"evaluating: features of {len(dataset.query)} query + {len(dataset.gallery)} gallery tracklets "
+            f"({frames} frames, clips of <= {cfg.test_clip_len}) on {du.world_size()} process(es)"
+        )
     qf = extract_features(model, dataset.query, cfg, device, desc="query features", progress=progress)
     gf = extract_features(model, dataset.gallery, cfg, device, desc="gallery features", progress=progress)
     if not du.is_main():
         return None
+    log.info(f"features extracted in {time.time() - t0:.1f}s")
     q_pids = [t.pid for t in dataset.query]
     g_pids = [t.pid for t in dataset.gallery]
     q_cams = [t.camid for t in dataset.query]

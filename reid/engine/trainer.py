@@ -67,8 +67,9 @@ def _log() -> logging.Logger:
     return logging.getLogger("reid")
 
 
-def build_data(cfg: Config, split_id: int):
-    """The dataset; rank 0 builds it first (the synthetic default is generated on first use)."""
+def build_data(cfg: Config, split_id: int, info: Optional[du.DistInfo] = None):
+    """The dataset. Under torchrun rank 0 builds it first (the synthetic default is generated
+    and cached on first use), then the other nodes' first processes, then everyone else."""
     from reid.data import build_dataset
 
     options = dict(cfg.dataset_options)
@@ -78,20 +79,9 @@ def build_data(cfg: Config, split_id: int):
     def make():
         return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, verbose=False, **options)
 
-    if du.world_size() == 1:
+    if info is None or not info.distributed:
         return make()
-    error, ds = None, None
-    if du.is_main():
-        try:
-            ds = make()
-        except Exception as exc:  # tell the other ranks instead of leaving them at a barrier
-            error = f"{type(exc).__name__}: {exc}"
-    error = du.broadcast_object(error)
-    if error is not None:
-        if du.is_main():
-            raise RuntimeError(error)
-        raise RuntimeError(f"rank 0 failed to build the dataset: {error}")
-    return ds if du.is_main() else make()
+    return du.run_staged(make, info)
 
 
 def build_network(cfg: Config, num_classes: int, pretrained: Optional[str] = None):
@@ -158,7 +148,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
             yaml.safe_dump({**cfg.to_dict(), "split_id": split_id}, fh, sort_keys=False)
 
     seed_everything(cfg.seed)
-    ds = build_data(cfg, split_id)
+    ds = build_data(cfg, split_id, info)
     if main:
         log.info(ds.summary() if hasattr(ds, "summary") else f"dataset {cfg.dataset}")
     from reid.data import build_train_loader
@@ -414,7 +404,7 @@ def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:
     if cfg.split_id != "all":
         result = train_one_split(cfg, int(cfg.split_id), cfg.output_dir, info)
     else:
-        num_splits = int(getattr(build_data(cfg, 0), "num_splits", 1) or 1)
+        num_splits = int(getattr(build_data(cfg, 0, info), "num_splits", 1) or 1)
         results = []
         for k in range(num_splits):
             if info.is_main:
