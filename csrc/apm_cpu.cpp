@@ -57,6 +57,13 @@ Geometry make_geometry(const Tensor& x, const Tensor& g, int64_t time_dim) {
 // P @ V GEMM ([C, HW] x [HW, BM]) stays wide enough for the BLAS micro-kernels.
 int64_t row_block(int64_t HW) { return std::min<int64_t>(HW, 64); }
 
+// Items per thread chunk such that a chunk is worth at least ~1 MFLOP: tiny problems then run on
+// the calling thread instead of paying a thread wake-up (costly when the cores are busy).
+int64_t grain_for(int64_t flops_per_item) {
+  constexpr int64_t kMinChunkFlops = int64_t(1) << 20;
+  return std::max<int64_t>(1, kMinChunkFlops / std::max<int64_t>(1, flops_per_item));
+}
+
 template <typename T>
 Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
   return at::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs},
@@ -128,7 +135,8 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
   const Tensor PhiM = contrastive ? view2d(Phi, Ck, C, C, 1) : Tensor();
 
-  at::parallel_for(0, B * T * nblk, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(2 * nb * BM * HW * (C + Ck));
+  at::parallel_for(0, B * T * nblk, grain, [&](int64_t begin, int64_t end) {
     acc_t* S = scratch.data() + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
     acc_t* YT = S + BM * HW;                                       // [C, bm]: un-normalised P @ V, transposed
     acc_t* PHT = YT + C * BM;                                      // [Ck, bm]: phi(YT)
@@ -197,7 +205,7 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
 
 // --------------------------------------------------------------------------------------------
 // Backward: one work item = (clip b, neighbour frame tn). It visits every pair whose keys and
-// values are frame tn, so dV (into dX[b, :, tn]) and dK (into DK[b, tn]) have a single writer;
+// values are frame tn, so dV (into dX[b, :, tn]) and dK (into DKT[b, tn]) have a single writer;
 // dQ and d(theta input) are written per pair (disjoint rows) and summed afterwards.
 // The un-gated reconstruction y is never stored: with z = a * y,
 //   sum_c dz*y * a = sum_c dz*z = zd,   delta = sum_c dy*y = zd + dph . phi(y),
@@ -206,19 +214,20 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
 template <typename scalar_t, typename acc_t>
 void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const acc_t* TH, const acc_t* Phi,
                      const acc_t* w, const scalar_t* out, const scalar_t* dout, const acc_t* lse,
-                     const acc_t* gate, const acc_t* phy, acc_t* dX, acc_t* DQ, acc_t* DK, acc_t* DTH,
+                     const acc_t* gate, const acc_t* phy, acc_t* dX, acc_t* DQ, acc_t* DKT, acc_t* DTH,
                      acc_t* dPhiT_acc, acc_t* dw_acc, acc_t scale, bool contrastive, bool detach) {
   const int64_t B = geo.B, C = geo.C, T = geo.T, HW = geo.HW, Ck = geo.Ck, N = geo.N, nb = geo.nb;
   const int64_t TN = T * N;
   const int64_t BM = row_block(HW);
   const int64_t nblk = (HW + BM - 1) / BM;
-  const int64_t per_thread = 2 * BM * HW + 2 * C * BM + 2 * BM * Ck + 2 * BM;
+  const int64_t per_thread = 2 * BM * HW + 2 * C * BM + 3 * BM * Ck + 2 * BM;
   const int nthreads = at::get_num_threads();
   std::vector<acc_t> scratch(static_cast<size_t>(nthreads) * per_thread);
   const Tensor PhiT = contrastive ? view2d(Phi, C, Ck, 1, C) : Tensor();
   constexpr acc_t tiny = std::numeric_limits<acc_t>::min();
 
-  at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(2 * nb * HW * HW * (2 * C + 3 * Ck));
+  at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     acc_t* P = scratch.data() + tid * per_thread;  // [bm, HW] probabilities
     acc_t* dP = P + BM * HW;                       // [bm, HW] dP, then dS
@@ -226,7 +235,8 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
     acc_t* ZT = dYT + C * BM;                      // [C, bm] z, transposed (for dPhi)
     acc_t* E = ZT + C * BM;                        // [bm, Ck] dPhi coefficients
     acc_t* DPH = E + BM * Ck;                      // [bm, Ck] d phi(y)
-    acc_t* zd = DPH + BM * Ck;                     // [bm] sum_c dz * z
+    acc_t* DQT = DPH + BM * Ck;                    // [Ck, bm] dq of the row block, transposed
+    acc_t* zd = DQT + BM * Ck;                     // [bm] sum_c dz * z
     acc_t* delta = zd + BM;                        // [bm] sum_c dy * y
     acc_t* dPhiT = dPhiT_acc + tid * C * Ck;       // [C, Ck] this thread's dPhi^T
     acc_t* dw = dw_acc + tid * Ck;
@@ -236,9 +246,10 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
       const Tensor Xn = view2d(X + (b * C * T + tn) * HW, C, HW, T * HW, 1);
       Tensor dXn = view2d(dX + (b * C * T + tn) * HW, C, HW, T * HW, 1);
       const acc_t* Kp = Q + (b * T + tn) * HW * Ck;
-      const Tensor K = view2d(Kp, HW, Ck, Ck, 1);
       const Tensor KT = view2d(Kp, Ck, HW, 1, Ck);
-      Tensor DKm = view2d(DK + (b * T + tn) * HW * Ck, HW, Ck, Ck, 1);
+      // dK is accumulated transposed ([Ck, HW]): GEMMs with a tiny output width (Ck) run far
+      // below peak in the BLAS, the transposed shapes do not.
+      Tensor DKTm = view2d(DKT + (b * T + tn) * Ck * HW, Ck, HW, HW, 1);
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t t = tn - geo.offsets[j];  // centre whose neighbour j is tn
         if (t < 0 || t >= T) continue;
@@ -246,8 +257,8 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
         for (int64_t blk = 0; blk < nblk; ++blk) {
           const int64_t i0 = blk * BM, bm = std::min(BM, HW - i0);
           const int64_t pr = ((b * T + t) * nb + j) * HW + i0;
-          const Tensor Qrows = view2d(Q + ((b * T + t) * HW + i0) * Ck, bm, Ck, Ck, 1);
-          mm_into(view2d(P, bm, HW, HW, 1), Qrows, KT);
+          const acc_t* Qp = Q + ((b * T + t) * HW + i0) * Ck;
+          mm_into(view2d(P, bm, HW, HW, 1), view2d(Qp, bm, Ck, Ck, 1), KT);
           for (int64_t r = 0; r < bm; ++r) math::exp_shift_row(P + r * HW, HW, scale, lse[pr + r]);
 
           const acc_t* a = contrastive ? gate + pr : nullptr;
@@ -305,8 +316,10 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
           for (int64_t r = 0; r < bm; ++r) math::dsoftmax_row(dP + r * HW, P + r * HW, HW, delta[r], scale);
           // dV^T += dY^T P, straight into dx of the neighbour frame.
           dXn.addmm_(view2d(dYT, C, bm, bm, 1), view2d(P, bm, HW, HW, 1));
-          mm_into(view2d(DQ + pr * Ck, bm, Ck, Ck, 1), view2d(dP, bm, HW, HW, 1), K);
-          DKm.addmm_(view2d(dP, HW, bm, 1, HW), Qrows);
+          mm_into(view2d(DQT, Ck, bm, bm, 1), KT, view2d(dP, HW, bm, 1, HW));
+          for (int64_t r = 0; r < bm; ++r)
+            for (int64_t k = 0; k < Ck; ++k) DQ[(pr + r) * Ck + k] = DQT[k * bm + r];
+          DKTm.addmm_(view2d(Qp, Ck, bm, 1, Ck), view2d(dP, bm, HW, HW, 1));
         }
       }
     }
@@ -395,7 +408,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(
   const auto acc_opts = X.options();
   Tensor dX = at::zeros({geo.B, geo.C, geo.T, geo.H, geo.W}, acc_opts);
   Tensor DQ = at::zeros({geo.B, geo.T, geo.nb, geo.HW, geo.Ck}, acc_opts);
-  Tensor DK = at::zeros({geo.B, geo.T, geo.HW, geo.Ck}, acc_opts);
+  Tensor DKT = at::zeros({geo.B, geo.T, geo.Ck, geo.HW}, acc_opts);
   Tensor DTH = contrastive ? at::zeros({geo.B, geo.T, geo.nb, geo.HW, geo.Ck}, acc_opts) : Tensor();
   const int nthreads = at::get_num_threads();
   Tensor dPhiT_acc = at::zeros({nthreads, geo.C, geo.Ck}, acc_opts);
@@ -408,7 +421,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(
         contrastive ? Phi.const_data_ptr<acc_t>() : nullptr, contrastive ? w.const_data_ptr<acc_t>() : nullptr,
         outc.const_data_ptr<scalar_t>(), doutc.const_data_ptr<scalar_t>(), lsec.const_data_ptr<acc_t>(),
         contrastive ? gatec.const_data_ptr<acc_t>() : nullptr, contrastive ? phyc.const_data_ptr<acc_t>() : nullptr,
-        dX.mutable_data_ptr<acc_t>(), DQ.mutable_data_ptr<acc_t>(), DK.mutable_data_ptr<acc_t>(),
+        dX.mutable_data_ptr<acc_t>(), DQ.mutable_data_ptr<acc_t>(), DKT.mutable_data_ptr<acc_t>(),
         contrastive ? DTH.mutable_data_ptr<acc_t>() : nullptr, dPhiT_acc.mutable_data_ptr<acc_t>(),
         dw_acc.mutable_data_ptr<acc_t>(), static_cast<acc_t>(scale), contrastive, detach_gate_inputs);
   });
@@ -419,7 +432,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(
       .add_(doutc.view({geo.B, geo.C, geo.T, geo.N, geo.HW}).select(3, geo.half));
 
   // Through the normalisation q = p / max(||p||, eps) (a frame's q is both query and key) ...
-  const Tensor dq = (DQ.sum(2) + DK).view({geo.B, geo.T * geo.HW, geo.Ck});
+  const Tensor dq = (DQ.sum(2) + DKT.transpose(2, 3)).view({geo.B, geo.T * geo.HW, geo.Ck});
   const Tensor denom = norm.clamp_min(kNormEps);
   const Tensor radial = (Q * dq).sum(-1, /*keepdim=*/true) * (norm >= kNormEps);
   const Tensor dp = (dq - Q * radial) / denom;
