@@ -146,3 +146,42 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tin
     ck = load_checkpoint(str(tmp_path / "nan" / "checkpoint_last.pth"), for_resume=True)
     assert ck["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_reid_test_over_several_checkpoints_reports_their_mean(trained, tmp_path, capsys):
+    _, out, _ = trained
+    paths = []
+    for split in ("split0", "split1"):
+        (tmp_path / split).mkdir()
+        dst = tmp_path / split / "model_best.pth"
+        dst.write_bytes(open(os.path.join(out, "model_best.pth"), "rb").read())
+        paths.append(str(dst))
+    assert reid_test.main(["--checkpoint", *paths, "--num-workers", "0"]) == 0
+    per_split = [json.load(open(tmp_path / s / "model_best.results.json")) for s in ("split0", "split1")]
+    mean = json.load(open(tmp_path / "results_mean.json"))
+    assert mean["num_splits"] == 2 and mean["checkpoints"] == paths
+    assert mean["metrics"]["mAP"] == pytest.approx((per_split[0]["metrics"]["mAP"] + per_split[1]["metrics"]["mAP"]) / 2)
+    assert "Mean over 2 checkpoints" in capsys.readouterr().out
+
+
+def test_split_all_trains_one_model_per_split_and_reports_the_mean(tiny_config, tmp_path):
+    result = train(tiny_config(tmp_path, split_id="all", epochs=1, iters_per_epoch=1))
+    # the synthetic set has a single split; iLIDS-VID / PRID have 10 and take the same path
+    assert result["num_splits"] == 1 and result["split_id"] == [0]
+    assert (tmp_path / "split0" / "checkpoint_last.pth").is_file()
+    saved = json.load(open(tmp_path / "results.json"))
+    assert saved["metrics"]["mAP"] == pytest.approx(saved["splits"][0]["metrics"]["mAP"])
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config, tmp_path):
+    result = train(tiny_config(tmp_path, amp="bf16", epochs=1, iters_per_epoch=2))
+    losses = [r["loss"] for r in step_log(str(tmp_path))]
+    assert len(losses) == 2 and all(l == l and abs(l) < 1e3 for l in losses)  # finite
+    assert 0 <= result["metrics"]["mAP"] <= 1
+
+
+def test_fp16_without_cuda_is_refused_with_the_flag_named(tiny_config, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on CUDA")
+    with pytest.raises(ValueError, match="amp: got 'fp16', which needs a CUDA device"):
+        train(tiny_config(tmp_path, amp="fp16"))
