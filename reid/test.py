@@ -80,6 +80,7 @@ def main(argv=None) -> int:
             print(f"written: {out}")
         return 0
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        # user errors (bad value, missing or malformed data, unreadable checkpoint): the message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

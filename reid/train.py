@@ -31,6 +31,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        # user errors (bad value, missing or malformed data, unreadable checkpoint): the message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -35,7 +35,7 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from .config import Config
+from .config import Config, ConfigError
 from .evaluator import autocast_context, evaluate, format_results, mean_over_splits, write_json
 from .optim import WarmupMultiStepLR, build_optimizer
 from .reporting import TensorBoard, setup_logger
@@ -77,7 +77,10 @@ def build_data(cfg: Config, split_id: int, info: Optional[du.DistInfo] = None):
         options.setdefault("protocol", cfg.mars_protocol)
 
     def make():
-        return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, verbose=False, **options)
+        try:
+            return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, verbose=False, **options)
+        except TypeError as exc:  # an option the dataset does not take
+            raise ConfigError(f"dataset_options: {exc}") from exc
 
     if info is None or not info.distributed:
         return make()

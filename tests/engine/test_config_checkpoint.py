@@ -187,3 +187,17 @@ def test_schedule_resumes_exactly():
     c = make()
     c.load_state_dict(b.state_dict())
     assert lrs(c, 3) == pytest.approx(full[4:])
+
+
+# --- command line ---------------------------------------------------------------------------
+def test_train_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
+    from reid import train as reid_train
+
+    rc = reid_train.main(["--dataset", "mars", "--root", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: MARS: expected") and "Traceback" not in err
+    rc = reid_train.main(["--dataset-option", "bogus=1", "--output-dir", str(tmp_path)])
+    assert rc == 1 and "dataset_options: unknown option(s) ['bogus']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        reid_train.main(["--num-instances", "1"])
+    assert exc.value.code == 2 and "num_instances: got 1" in capsys.readouterr().err
