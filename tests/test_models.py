@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ap3d_kernels import apm_forward_flops
-from ap3d_kernels.modules import APM, NonLocalBlock3D, TemporalBlock
+from ap3d_kernels.modules import NonLocalBlock3D, TemporalBlock
 from reid.models import (
     ARCHITECTURES,
     MODEL_NAMES,
-    ResNet,
     VideoResNet,
     apm_modules,
     build_model,
@@ -122,7 +121,7 @@ def test_pretrained_weights_load_from_a_local_file(depth, weights, weight_files)
 def test_pretrained_accepts_wrapped_and_data_parallel_checkpoints(weights):
     sd = weights[18]
     wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
-    model = resnet18(pretrained=wrapped)
+    model = load_pretrained(resnet18(), wrapped)
     assert torch.equal(model.conv1.weight, sd["conv1.weight"])
 
 
@@ -417,6 +416,7 @@ def ap3d18(weights):
 
 def test_train_returns_logits_and_post_bn_features(ap3d18):
     model = ap3d18.train()
+    assert isinstance(model, VideoResNet) and model.model_name == "ap_p3d_c_resnet18"
     clips = torch.randn(3, 3, 4, *SMALL)
     logits, features = model(clips)
     assert logits.shape == (3, 150) and features.shape == (3, 512) == (3, model.feature_dim)

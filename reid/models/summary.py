@@ -83,8 +83,8 @@ def _resolved_backend(model, device) -> str:
     apms = apm_modules(model)
     if not apms:
         return "-"
-    requested = {m.backend for m in apms}.pop()
-    return available_backends(device)[0] if requested == "auto" else requested
+    resolved = {available_backends(device)[0] if m.backend == "auto" else m.backend for m in apms}
+    return "+".join(sorted(resolved))
 
 
 def summarize(
