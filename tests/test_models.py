@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ap3d_kernels import apm_forward_flops
+from ap3d_kernels import apm_forward_flops, available_backends
 from ap3d_kernels.modules import NonLocalBlock3D, TemporalBlock
 from reid.models import (
     ARCHITECTURES,
@@ -440,6 +440,8 @@ def test_eval_returns_per_frame_features_whose_mean_is_the_clip_feature(ap3d18, 
 
 
 def test_clips_are_validated(ap3d18):
+    with pytest.raises(ValueError, match="batch of >= 2.*model.eval"):
+        ap3d18.train()(torch.randn(1, 3, 4, *SMALL))
     with pytest.raises(ValueError, match="clips must have rank 5.*got rank 4"):
         ap3d18(torch.randn(2, 3, 64, 32))
     with pytest.raises(ValueError, match="clips must have 3 channels.*got 1"):
@@ -477,6 +479,22 @@ def test_flop_counter_sees_apm_and_counts_convs_exactly(weights):
     extra = ap3d_flops - count_flops(p3d, clip)
     assert extra >= apm_flops, "APM's FLOPs are missing from the counter"
     assert extra <= 1.5 * apm_flops  # the reference also multiplies the zero-padded neighbours
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the fused CPU kernels are not built")
+def test_fused_apm_reports_exactly_its_formula_to_the_flop_counter():
+    torch.manual_seed(0)
+    p3d = build_model("p3d_c_resnet18", 2)
+    ap3d = build_model("ap3d_resnet18", 2, apm_backend="auto")
+    clip = torch.randn(1, 3, 4, *SMALL)
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m, i[0].shape))) for m in apm_modules(ap3d)]
+    extra = count_flops(ap3d, clip) - count_flops(p3d, clip)
+    for h in hooks:
+        h.remove()
+    assert extra == sum(
+        apm_forward_flops(s[0], s[1], s[2], s[3] * s[4], m.inter_channels, m.time_dim, m.contrastive) for m, s in shapes
+    )
 
 
 def test_summary_table_lists_every_architecture():

@@ -90,14 +90,14 @@ class APM(nn.Module):
         check_video_input("APM", x, channels=self.channels, device=weight.device)
         ck, c = self.inter_channels, self.channels
         if self.contrastive:
-            theta = self.x_mapping.weight.view(ck, c)
-            phi = self.n_mapping.weight.view(ck, c)
-            att = self.contrastive_att_net[0].weight.view(ck)
+            theta = self.x_mapping.weight.reshape(ck, c)
+            phi = self.n_mapping.weight.reshape(ck, c)
+            att = self.contrastive_att_net[0].weight.reshape(ck)
         else:
             theta = phi = att = None
         return apm(
             x,
-            weight.view(ck, c),
+            weight.reshape(ck, c),
             theta,
             phi,
             att,

@@ -103,6 +103,11 @@ class VideoResNet(ResNet3D):
         return fmap.amax(dim=(3, 4)).transpose(1, 2)
 
     def forward(self, clips: torch.Tensor):
+        if self.training and isinstance(clips, torch.Tensor) and clips.dim() == 5 and clips.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__}: in train mode clips needs a batch of >= 2 (the BatchNorm1d neck uses batch "
+                f"statistics), got shape {tuple(clips.shape)}; call model.eval() to embed single clips"
+            )
         frames = self.pooled_features(clips)
         if self.training:
             features = self.bn(frames.mean(dim=1))
