@@ -131,13 +131,15 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
   const int64_t nblk = (HW + BM - 1) / BM;
   const int64_t per_thread = BM * HW + C * BM + Ck * BM + 2 * BM;
   const int nthreads = at::get_num_threads();
-  std::vector<acc_t> scratch(static_cast<size_t>(nthreads) * per_thread);
+  // Scratch through the tensor allocator (not std::vector) so memory profilers account for it.
+  const Tensor scratch_t = at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
   const Tensor PhiM = contrastive ? view2d(Phi, Ck, C, C, 1) : Tensor();
 
   const int64_t grain = grain_for(2 * nb * BM * HW * (C + Ck));
   at::parallel_for(0, B * T * nblk, grain, [&](int64_t begin, int64_t end) {
-    acc_t* S = scratch.data() + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
+    acc_t* S = scratch + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
     acc_t* YT = S + BM * HW;                                       // [C, bm]: un-normalised P @ V, transposed
     acc_t* PHT = YT + C * BM;                                      // [Ck, bm]: phi(YT)
     acc_t* f = PHT + Ck * BM;                                      // per-row output factor a / l
@@ -222,14 +224,15 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
   const int64_t nblk = (HW + BM - 1) / BM;
   const int64_t per_thread = 2 * BM * HW + 2 * C * BM + 3 * BM * Ck + 2 * BM;
   const int nthreads = at::get_num_threads();
-  std::vector<acc_t> scratch(static_cast<size_t>(nthreads) * per_thread);
+  const Tensor scratch_t = at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
   const Tensor PhiT = contrastive ? view2d(Phi, C, Ck, 1, C) : Tensor();
   constexpr acc_t tiny = std::numeric_limits<acc_t>::min();
 
   const int64_t grain = grain_for(2 * nb * HW * HW * (2 * C + 3 * Ck));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
-    acc_t* P = scratch.data() + tid * per_thread;  // [bm, HW] probabilities
+    acc_t* P = scratch + tid * per_thread;  // [bm, HW] probabilities
     acc_t* dP = P + BM * HW;                       // [bm, HW] dP, then dS
     acc_t* dYT = dP + BM * HW;                     // [C, bm] gradient of y, transposed
     acc_t* ZT = dYT + C * BM;                      // [C, bm] z, transposed (for dPhi)

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Benchmark of the Appearance-Preserving Module: reference vs SDPA vs the fused backends.
+
+    python bench/bench_apm.py --device cpu      # B=8 clips of T=4 frames, float32
+    python bench/bench_apm.py --device cuda     # B=32, float32 and bfloat16
+
+For each implementation (the pure-PyTorch reference, an SDPA formulation, and every fused
+backend that ``ap3d_kernels.available_backends(device)`` reports) it measures, at the paper's
+stage-2 (C=128, 32x16) and stage-3 (C=256, 16x8) shapes with the full contrastive gate:
+
+- forward time (under ``torch.no_grad``) and forward+backward time: median of ``--repeats``
+  runs after ``--warmup`` runs, with device synchronisation around each run;
+- peak extra memory of one forward and of one forward+backward: the highest total of live
+  allocations above what existed before the call (inputs excluded, output and saved tensors
+  included). CUDA: ``torch.cuda.max_memory_allocated``. CPU: every allocation and free of the
+  CPU allocator is recorded with ``torch.profiler`` (``profile_memory=True``) and the running
+  sum is maximised; the fused kernels take their scratch from the same allocator, so it counts;
+- the fused forward's GFLOP/s (FLOPs from ``ap3d_kernels.flops``) against this machine's
+  measured dense GEMM rate (a large ``torch.mm``), and on CUDA against the GPU's datasheet peak,
+  with the achieved memory bandwidth (compulsory traffic: inputs read once, outputs written once).
+
+Then a sweep of HW from 128 to 2048 (C=128, B=2) records forward+backward time and peak memory,
+and fits the growth exponent of memory in HW (1 = linear, 2 = quadratic).
+Results: printed, and written to bench/results/apm_<device>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ap3d_kernels import apm, apm_backward_flops, apm_forward_flops, apm_reference, available_backends  # noqa: E402
+from ap3d_kernels.reference import neighbour_offsets  # noqa: E402
+
+STAGES = {"stage2": (128, 32, 16), "stage3": (256, 16, 8)}
+SWEEP = [(16, 8), (16, 16), (32, 16), (32, 32), (64, 32)]  # HW = 128 .. 2048
+# Datasheet dense peaks (TFLOP/s fp32, TFLOP/s bf16 tensor core, TB/s memory) by device name.
+GPU_PEAKS = {
+    "H200": (67.0, 989.0, 4.8),
+    "H100": (67.0, 989.0, 3.35),
+    "A100": (19.5, 312.0, 2.0),
+    "L40S": (91.6, 362.0, 0.864),
+    "A10": (31.2, 125.0, 0.6),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The SDPA formulation: APM written with F.scaled_dot_product_attention on the normalised maps.
+# The value dim (C) differs from the key dim (C/16): on CPU that forces the math path.
+# ------------------------------------------------------------------------------------------------
+def apm_sdpa(x, g, theta, phi, att, *, scale=4.0, time_dim=3, contrastive=True, detach_gate_inputs=True):
+    B, C, T, H, W = x.shape
+    half = time_dim // 2
+    values = x.reshape(B, C, T, H * W).permute(0, 2, 3, 1)  # [B, T, HW, C]
+    q = F.normalize(values @ g.t(), dim=-1)
+    pad = (0, 0, 0, 0, half, half)
+    k_all, v_all = F.pad(q, pad), F.pad(values, pad)
+    if contrastive:
+        centre = values.detach() if detach_gate_inputs else values
+        th = centre @ theta.t()
+    frames = []
+    for o in neighbour_offsets(time_dim):
+        k = k_all[:, half + o : half + o + T]
+        v = v_all[:, half + o : half + o + T]
+        y = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, T, HW, C]
+        if contrastive:
+            y_in = y.detach() if detach_gate_inputs else y
+            y = y * torch.sigmoid((th * (y_in @ phi.t())) @ att).unsqueeze(-1)
+        frames.append(y)
+    frames.insert(half, values)
+    return torch.stack(frames, dim=2).permute(0, 4, 1, 2, 3).reshape(B, C, T * time_dim, H, W)
+
+
+def sdpa_backend_name(device, dtype, C, HW):
+    """Which SDPA backend PyTorch picks for APM's shapes (q/k head dim C/16, v head dim C)."""
+    ck = C // 16
+    q = torch.randn(1, 1, HW, ck, device=device, dtype=dtype)
+    v = torch.randn(1, 1, HW, C, device=device, dtype=dtype)
+    try:
+        from torch.nn.attention import SDPBackend
+
+        choice = torch._fused_sdp_choice(q, q, v, None, 0.0, False, scale=4.0)
+        return SDPBackend(choice).name.lower()
+    except Exception as exc:  # private API: report rather than fail
+        return f"unknown ({type(exc).__name__})"
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement helpers
+# ------------------------------------------------------------------------------------------------
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def peak_extra_bytes(fn, device):
+    """Peak of live allocations during fn() above the level before it (bytes)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def gemm_rate(device, dtype, n):
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t, _ = median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=7)
+    return 2 * n**3 / t
+
+
+def make_inputs(B, C, T, H, W, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ck = C // 16
+
+    def rnd(*shape, std=1.0):
+        return (torch.randn(*shape, generator=gen) * std).to(device=device, dtype=dtype)
+
+    return rnd(B, C, T, H, W), rnd(ck, C, std=C**-0.5), rnd(ck, C, std=C**-0.5), rnd(ck, C, std=C**-0.5), rnd(ck)
+
+
+def implementations(device):
+    impls = {"reference": apm_reference, "sdpa": apm_sdpa}
+    for name in available_backends(device):
+        if name != "reference":
+            impls[f"fused-{name}"] = lambda *a, _b=name, **k: apm(*a, backend=_b, **k)
+    return impls
+
+
+def measure(fn, inputs, device, warmup, repeats, with_memory=True):
+    x, *weights = inputs
+    leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+    grad_out = None
+
+    def forward():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def forward_backward():
+        nonlocal grad_out
+        out = fn(*leaves)
+        if grad_out is None:
+            grad_out = torch.randn_like(out)
+        out.backward(grad_out)
+        for t in leaves:
+            t.grad = None
+
+    forward_backward()  # allocate grad_out and warm every code path
+    fwd, fwd_min = median_time(forward, device, warmup, repeats)
+    fb, fb_min = median_time(forward_backward, device, warmup, repeats)
+    row = {"fwd_ms": fwd * 1e3, "fwd_min_ms": fwd_min * 1e3, "fwd_bwd_ms": fb * 1e3, "fwd_bwd_min_ms": fb_min * 1e3}
+    if with_memory:
+        row["fwd_peak_mib"] = peak_extra_bytes(forward, device) / 2**20
+        row["fwd_bwd_peak_mib"] = peak_extra_bytes(forward_backward, device) / 2**20
+    return row
+
+
+def gpu_peaks(device):
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in GPU_PEAKS.items():
+        if key in name:
+            return name, peaks
+    return name, None
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=None, help="clips per batch (default: 8 on cpu, 32 on cuda)")
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--dtypes", default=None, help="comma list (default: float32 on cpu, float32,bfloat16 on cuda)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--sweep-batch", type=int, default=2)
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is available")
+    B = args.batch or (8 if device.type == "cpu" else 32)
+    T = args.frames
+    dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")).split(",")]
+    impls = implementations(device)
+    load_start = os.getloadavg()
+
+    meta = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "batch": B,
+        "frames": T,
+        "time_dim": 3,
+        "impls": list(impls),
+        "timing": f"median of {args.repeats} after {args.warmup} warm-up runs",
+    }
+    if device.type == "cpu":
+        try:
+            from ap3d_kernels import apm_cpu
+
+            meta["cpu_kernel_isa"] = apm_cpu.isa()
+        except RuntimeError as exc:
+            meta["cpu_kernel_isa"] = f"unavailable: {exc}"
+    else:
+        meta["gpu"], peaks = gpu_peaks(device)
+        meta["gpu_peaks"] = dict(zip(["fp32_tflops", "bf16_tflops", "tb_per_s"], peaks)) if peaks else None
+
+    n = 2048 if device.type == "cpu" else 8192
+    meta["gemm_gflops"] = {str(dt).replace("torch.", ""): gemm_rate(device, dt, n) / 1e9 for dt in dtypes}
+    print(f"# APM benchmark on {device} ({meta.get('gpu', meta['cpu'])}), torch {torch.__version__}, "
+          f"{meta['threads']} threads, load {load_start[0]:.2f}")
+    for dt, r in meta["gemm_gflops"].items():
+        print(f"# {dt} GEMM (torch.mm {n}x{n}): {r:.1f} GFLOP/s")
+
+    rows = []
+    for dtype in dtypes:
+        dname = str(dtype).replace("torch.", "")
+        for stage, (C, H, W) in STAGES.items():
+            inputs = make_inputs(B, C, T, H, W, device, dtype)
+            fflops = apm_forward_flops(B, C, T, H * W, C // 16, 3, True)
+            bflops = apm_backward_flops(B, C, T, H * W, C // 16, 3, True)
+            sdpa_choice = sdpa_backend_name(device, dtype, C, H * W)
+            for name, fn in impls.items():
+                r = measure(fn, inputs, device, args.warmup, args.repeats)
+                r.update(stage=stage, dtype=dname, impl=name, C=C, H=H, W=W, B=B, T=T)
+                r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
+                r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9
+                r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dname]
+                if name == "sdpa":
+                    r["sdpa_backend"] = sdpa_choice
+                if device.type == "cuda":
+                    es = torch.tensor([], dtype=dtype).element_size()
+                    x_bytes = B * C * T * H * W * es
+                    r["fwd_gb_per_s"] = (x_bytes * 4) / (r["fwd_ms"] * 1e-3) / 1e9  # read x, write 3x
+                    if meta.get("gpu_peaks"):
+                        peak = meta["gpu_peaks"]["bf16_tflops" if dtype == torch.bfloat16 else "fp32_tflops"]
+                        r["fwd_frac_of_peak_flops"] = r["fwd_gflops"] / 1e3 / peak
+                        r["fwd_frac_of_peak_bw"] = r["fwd_gb_per_s"] / 1e3 / meta["gpu_peaks"]["tb_per_s"]
+                rows.append(r)
+                ref = next(x for x in rows if x["impl"] == "reference" and x["stage"] == stage and x["dtype"] == dname)
+                r["fwd_speedup"] = ref["fwd_ms"] / r["fwd_ms"]
+                r["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                print(f"{dname:8s} {stage} {name:14s} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_gflops']:7.1f} GFLOP/s, "
+                      f"{100 * r['fwd_frac_of_gemm']:5.1f}% GEMM)  fwd+bwd {r['fwd_bwd_ms']:8.2f} ms "
+                      f"(x{r['fwd_bwd_speedup']:.2f} vs ref)  peak fwd {r['fwd_peak_mib']:8.1f} MiB, "
+                      f"fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
+
+    sweep = []
+    if not args.no_sweep:
+        dtype = dtypes[0]
+        for H, W in SWEEP:
+            inputs = make_inputs(args.sweep_batch, 128, T, H, W, device, dtype, seed=1)
+            for name, fn in impls.items():
+                r = measure(fn, inputs, device, warmup=1, repeats=3)
+                r.update(impl=name, HW=H * W, H=H, W=W, C=128, B=args.sweep_batch, T=T,
+                         dtype=str(dtype).replace("torch.", ""))
+                sweep.append(r)
+                print(f"sweep HW={H * W:5d} {name:14s} fwd+bwd {r['fwd_bwd_ms']:9.2f} ms  peak fwd "
+                      f"{r['fwd_peak_mib']:8.1f} MiB  fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
+        meta["memory_growth_exponent"] = {}
+        for name in impls:
+            pts = [(r["HW"], r["fwd_bwd_peak_mib"]) for r in sweep if r["impl"] == name]
+            (h0, m0), (h1, m1) = pts[0], pts[-1]
+            meta["memory_growth_exponent"][name] = math.log(m1 / m0) / math.log(h1 / h0)
+
+    meta["load_avg_start"] = load_start
+    meta["load_avg_end"] = os.getloadavg()
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, f"apm_{device.type}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows, "sweep": sweep}, f, indent=2)
+    md = render_markdown(meta, rows, sweep)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print()
+    print(md)
+    print(f"written: {stem}.json, {stem}.md")
+
+
+def render_markdown(meta, rows, sweep):
+    lines = [
+        f"# APM benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})",
+        "",
+        f"{meta['date_utc']}, torch {meta['torch']}, {meta['threads']} threads, B={meta['batch']} clips x "
+        f"T={meta['frames']} frames, time_dim 3, contrastive gate on; {meta['timing']}. "
+        f"Load average {meta['load_avg_start'][0]:.2f} at start, {meta['load_avg_end'][0]:.2f} at end.",
+        "",
+        "GEMM rate (large torch.mm): "
+        + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in meta["gemm_gflops"].items())
+        + (f". CPU kernel ISA: {meta['cpu_kernel_isa']}." if "cpu_kernel_isa" in meta else "."),
+        "",
+        "| dtype | shape | impl | fwd ms | fwd+bwd ms | fwd+bwd speed-up | fwd GFLOP/s | fwd % of GEMM "
+        "| peak fwd MiB | peak fwd+bwd MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        shape = f"{r['stage']} C={r['C']} {r['H']}x{r['W']}"
+        impl = r["impl"] + (f" ({r['sdpa_backend']})" if "sdpa_backend" in r else "")
+        lines.append(
+            f"| {r['dtype']} | {shape} | {impl} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
+            f"{r['fwd_bwd_speedup']:.2f}x | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac_of_gemm']:.0f}% | "
+            f"{r['fwd_peak_mib']:.1f} | {r['fwd_bwd_peak_mib']:.1f} |"
+        )
+    if any("fwd_gb_per_s" in r for r in rows):
+        lines += ["", "| dtype | shape | impl | fwd TFLOP/s | % of peak FLOP/s | fwd GB/s | % of peak BW |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(
+                f"| {r['dtype']} | {r['stage']} | {r['impl']} | {r['fwd_gflops'] / 1e3:.2f} | "
+                f"{100 * r.get('fwd_frac_of_peak_flops', float('nan')):.1f}% | {r['fwd_gb_per_s']:.0f} | "
+                f"{100 * r.get('fwd_frac_of_peak_bw', float('nan')):.1f}% |"
+            )
+    if sweep:
+        impls = list(dict.fromkeys(r["impl"] for r in sweep))
+        lines += [
+            "",
+            f"HW sweep (C=128, B={sweep[0]['B']}, {sweep[0]['dtype']}): peak extra memory of forward+backward "
+            "in MiB, and forward+backward time in ms",
+            "",
+            "| HW | " + " | ".join(f"{i} MiB" for i in impls) + " | " + " | ".join(f"{i} ms" for i in impls) + " |",
+            "|---:|" + "---:|" * (2 * len(impls)),
+        ]
+        for hw in sorted({r["HW"] for r in sweep}):
+            by = {r["impl"]: r for r in sweep if r["HW"] == hw}
+            lines.append(
+                f"| {hw} | " + " | ".join(f"{by[i]['fwd_bwd_peak_mib']:.1f}" for i in impls) + " | "
+                + " | ".join(f"{by[i]['fwd_bwd_ms']:.1f}" for i in impls) + " |"
+            )
+        lines += ["", "Memory growth exponent in HW (log-log slope, 128 -> 2048; 1 = linear, 2 = quadratic): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in meta["memory_growth_exponent"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
