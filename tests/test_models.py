@@ -29,7 +29,7 @@ from reid.models import (
 from reid.models.inflate import set_last_stride
 from reid.models.summary import PAPER_RESNET50, count_flops, format_table, main, summarize
 
-SMALL = (64, 32)  # clip height, width: layer3 maps of 4x2, enough for APM and the 1x2x2 NL pooling
+SMALL = (32, 32)  # clip height, width: layer3 maps of 2x2, the least the 1x2x2 non-local pooling takes
 
 
 def torchvision_state_dict(depth: int, seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
@@ -139,6 +139,16 @@ def test_pretrained_errors_are_explicit(weights, tmp_path):
         resnet18(pretrained=bad)
     with pytest.raises(TypeError, match="path or a state dict"):
         resnet18(pretrained=42)
+
+
+def test_build_model_copies_pretrained_tensors_and_keeps_float32(weights):
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights[18].items()}
+    model = build_model("c2d_resnet18", num_classes=3, pretrained=half)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    torch.testing.assert_close(model.layer1[0].conv1.weight[:, :, 0], half["layer1.0.conv1.weight"].float())
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.zero_()
+    assert half["layer1.0.conv1.weight"].abs().sum() > 0  # the caller's state dict is not aliased
 
 
 # ------------------------------------------------------------------------------------ inflation

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import torch
+
 from ap3d_kernels.modules import API3D, APP3DA, APP3DB, APP3DC, I3D, P3DA, P3DB, P3DC
 
-from .resnet import RESNET_CONFIGS, PathOrStateDict, ResNet
+from .resnet import RESNET_CONFIGS, PathOrStateDict, ResNet, read_state_dict
 from .resnet import load_pretrained as _load_pretrained_2d
 from .video_resnet import VideoResNet
 
@@ -212,9 +214,16 @@ def build_model(
             backend=apm_backend,
         )
 
-    resnet2d = ResNet(block_cls, layers)
-    if pretrained is not None:
-        _load_pretrained_2d(resnet2d, pretrained)
+    if pretrained is None:
+        resnet2d = ResNet(block_cls, layers)
+    else:
+        # Built on "meta" and given the file's tensors: no random initialisation to overwrite.
+        # (fc stays on meta: it is not part of the video network.)
+        dtype = torch.get_default_dtype()  # a half-precision file still gives a float32 model
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_dict(pretrained).items()}
+        with torch.device("meta"):
+            resnet2d = ResNet(block_cls, layers)
+        _load_pretrained_2d(resnet2d, state, assign=True)
     model = VideoResNet(
         resnet2d,
         num_classes,

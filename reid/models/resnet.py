@@ -161,11 +161,12 @@ def read_state_dict(source: PathOrStateDict) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: ResNet, source: PathOrStateDict) -> ResNet:
+def load_pretrained(model: ResNet, source: PathOrStateDict, *, assign: bool = False) -> ResNet:
     """Load ImageNet weights (torchvision format) into a 2D ``ResNet``; ``fc.*`` is ignored.
 
     Raises ``ValueError`` listing missing, unexpected or wrongly-shaped keys: a partial load
-    would silently train from a half-random network.
+    would silently train from a half-random network. ``assign=True`` adopts the loaded tensors
+    (``nn.Module.load_state_dict(assign=True)``), e.g. into a model built on the meta device.
     """
     state = {k: v for k, v in read_state_dict(source).items() if not k.startswith("fc.")}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -186,7 +187,7 @@ def load_pretrained(model: ResNet, source: PathOrStateDict) -> ResNet:
             f"({model.block.__name__}, layers {model.layers_config}): missing {head(missing)}, "
             f"unexpected {head(unexpected)}, shape mismatches {head(shapes)}"
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
     return model
 
 
