@@ -352,6 +352,18 @@ def meta_model(name, **options):
         return build_model(name, num_classes=4, **options)
 
 
+@pytest.mark.parametrize(
+    "name, block",
+    [
+        ("i3d", "I3D"), ("ap_i3d", "API3D"), ("p3d_a", "P3DA"), ("p3d_b", "P3DB"), ("p3d_c", "P3DC"),
+        ("ap_p3d_a", "APP3DA"), ("ap_p3d_b", "APP3DB"), ("ap_p3d_c", "APP3DC"), ("ap3d", "APP3DC"),
+        ("nl_p3d_c", "P3DC"), ("nl_ap3d", "APP3DC"),
+    ],
+)
+def test_each_name_builds_its_block(name, block):
+    assert {type(b).__name__ for b in temporal_blocks(meta_model(name))} == {block}
+
+
 def test_default_placements_are_the_papers():
     assert placement(meta_model("ap3d")) == ({2: [0, 2], 3: [0, 2, 4]}, {})
     assert placement(meta_model("nl")) == ({}, {2: [1, 3], 3: [1, 3, 5]})
