@@ -32,7 +32,7 @@ if sources and os.environ.get("AP3D_SKIP_EXTENSION", "0") != "1":
             include_dirs=[os.path.join(ROOT, "csrc")],
             # Baseline ISA on purpose: the hot loops carry their own AVX2/AVX-512 clones
             # (csrc/apm_cpu_math.h), so one build runs on every x86-64 CPU.
-            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp", "-DAP3D_PYTHON_MODULE"]},
+            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-DAP3D_PYTHON_MODULE"]},
             extra_link_args=["-fopenmp"],
         )
     )

@@ -8,6 +8,7 @@
 // arithmetic so that the compiler vectorises it in every clone.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -23,10 +24,11 @@
 namespace ap3d {
 namespace math {
 
-// exp(x) for x <= 88, with about 2 ulp error; 0 below -87 (where float exp is denormal).
+// exp(x) for x <= 88 with about 2 ulp error. Arguments below -87 are clamped (result ~1.6e-38
+// instead of a denormal or 0): in a softmax whose largest term is exp(0) = 1 that is invisible.
+// Branch-free and without library calls, so every clone vectorises it.
 static inline float exp_f32(float x) {
-  const float lo = -87.0f;
-  const float xc = x < lo ? lo : x;
+  const float xc = std::max(x, -87.0f);
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   // Cody-Waite range reduction: ln2 split in two so that r is exact.
   float r = xc - n * 0.693359375f;
@@ -41,8 +43,7 @@ static inline float exp_f32(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(float));
-  const float y = p * two_n;
-  return x < lo ? 0.0f : y;
+  return p * two_n;
 }
 
 // Defined in apm_cpu_math.cpp with AP3D_MULTIVERSION; declared plain here so that callers bind
