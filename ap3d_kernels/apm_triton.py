@@ -27,9 +27,10 @@ uses IEEE precision unless the caller allows TF32 (``torch.backends.cuda.matmul.
 
 Backward (FlashAttention-2 style, deterministic, no atomics): a pre-pass computes
 ``R = rowsum(dz * z)`` per pair row (then ``dlogit = (1 - a) R`` and ``delta = R`` exactly, with
-no division by the gate), and three kernels recompute ``P`` tile by tile from the saved
-log-sum-exp: dx from the values (per key frame, per channel chunk), the key gradient plus
-``P^T dphi`` (the gradient of ``vphi``), and the query gradient.
+no division by the gate), and kernels recompute ``P`` tile by tile from the saved log-sum-exp:
+one per key block for the key gradient, ``P^T dphi`` (the gradient of ``vphi``) and, when C fits
+one channel block, dx as well (FlashAttention-2's fused dK/dV); else a separate dx kernel split
+over channel chunks; and one per query block for the query gradient.
 
 The kernels are registered as ``torch.library.custom_op`` ops (``ap3d::apm_triton_forward`` and
 ``ap3d::apm_triton_backward``) with fake kernels, autograd and FLOP formulas, so ``torch.compile``
@@ -378,18 +379,21 @@ if triton is not None:
     @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
     @triton.jit
     def _apm_bwd_dk_kernel(
-        DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DK, DVPHI,
+        DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DK, DVPHI, DX,
         scale,
         T, HW, C, CK,
         stride_xb, stride_xc, stride_xt,
         stride_ob, stride_oc, stride_ot,
         TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr, GATE_GRAD_TO_P: tl.constexpr,
-        PREC: tl.constexpr, ONE_C: tl.constexpr,
+        PREC: tl.constexpr, ONE_C: tl.constexpr, WITH_DX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         """Key frame t', BLOCK_N positions: dk = scale * sum dS^T q and dvphi = sum P^T dphi,
         over every pair that uses t' as neighbour and every query block. dP needs all of C, so
-        the channel loop sits inside (a single load when C fits one chunk)."""
+        the channel loop sits inside (a single load when C fits one chunk). When it does
+        (WITH_DX, needs ONE_C), dx = P^T (a dz) comes from the same tiles (FlashAttention-2's
+        fused dK/dV) and the separate dx kernel is skipped."""
+        tl.static_assert(ONE_C or not WITH_DX, "WITH_DX needs all of C in one chunk")
         HALF: tl.constexpr = TIME_DIM // 2
         pid_n = tl.program_id(0)
         pid_bt = tl.program_id(1)
@@ -408,8 +412,12 @@ if triton is not None:
         if GATE_GRAD_TO_P:
             vphi = tl.load(VPHI + kd_ptrs, mask=mask_nd, other=0.0).to(DT)
         v_base = X + b * stride_xb + tk * stride_xt
+        mask_nc = mask_n[:, None] & (offs_cb < C)[None, :]
         if ONE_C:
-            v = tl.load(v_base + offs_n[:, None] + offs_cb[None, :] * stride_xc, mask=mask_n[:, None] & (offs_cb < C)[None, :], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] + offs_cb[None, :] * stride_xc, mask=mask_nc, other=0.0)
+        if WITH_DX:  # the centre slot of the output is x itself
+            dx = tl.load(DOUT + b * stride_ob + (tk * TIME_DIM + HALF) * stride_ot + offs_n[:, None] + offs_cb[None, :] * stride_oc,
+                         mask=mask_nc, other=0.0).to(ACC)
         dk = tl.zeros([BLOCK_N, CKP], dtype=ACC)
         dvphi = tl.zeros([BLOCK_N, CKP], dtype=ACC)
         for slot in tl.static_range(TIME_DIM):
@@ -445,6 +453,11 @@ if triton is not None:
                         if CONTRASTIVE:
                             gate = tl.load(GATE + row, mask=mask_m, other=0.0)
                             dpT = dpT * gate[None, :]
+                            if WITH_DX:
+                                dzT = (dzT.to(ACC) * gate[None, :]).to(DT)
+                        if WITH_DX:
+                            dx = tl.dot(pT.to(DT), tl.trans(dzT), dx, input_precision=PREC, out_dtype=ACC)
+                        if CONTRASTIVE:
                             dphi = tl.load(DPHI + row[:, None] * CK + offs_d[None, :], mask=mask_md, other=0.0).to(DT)
                             dvphi = tl.dot(pT.to(DT), dphi, dvphi, input_precision=PREC, out_dtype=ACC)
                             if GATE_GRAD_TO_P:
@@ -455,6 +468,9 @@ if triton is not None:
         tl.store(DK + kd_ptrs, dk * scale, mask=mask_nd)
         if CONTRASTIVE:
             tl.store(DVPHI + kd_ptrs, dvphi.to(DVPHI.dtype.element_ty), mask=mask_nd)
+        if WITH_DX:
+            tl.store(DX + b * stride_xb + tk * stride_xt + offs_n[:, None] + offs_cb[None, :] * stride_xc,
+                     dx.to(DX.dtype.element_ty), mask=mask_nc)
 
     @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
     @triton.jit
@@ -604,18 +620,19 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
         delta = rowdot
 
     dx = torch.empty_like(x)
-    _apm_bwd_dx_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T, triton.cdiv(C, block_c))](
-        dout, x, qk, lse, gate if contrastive else lse, dx,
-        scale, T, HW, C, ck, *strides,
-        TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, PREC=prec, BLOCK_C=block_c,
-    )
+    if not one_c:  # otherwise the dk kernel computes dx from the same tiles
+        _apm_bwd_dx_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T, triton.cdiv(C, block_c))](
+            dout, x, qk, lse, gate if contrastive else lse, dx,
+            scale, T, HW, C, ck, *strides,
+            TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, PREC=prec, BLOCK_C=block_c,
+        )
     dk = torch.empty_like(q)
     _apm_bwd_dk_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
-        dphi if contrastive else q, dk, dvphi if contrastive else dk,
+        dphi if contrastive else q, dk, dvphi if contrastive else dk, dx,
         scale, T, HW, C, ck, *strides,
         TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=gate_grad_to_p,
-        PREC=prec, ONE_C=one_c, BLOCK_C=block_c,
+        PREC=prec, ONE_C=one_c, WITH_DX=one_c, BLOCK_C=block_c,
     )
     dq = torch.empty_like(q)
     _apm_bwd_dq_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]), B * T)](

@@ -107,7 +107,8 @@ def dkdq(which, dtype, contrastive=True, to_p=False, one_c=True, arch=90, blocks
     m, n, c = blocks
     return dict(kernel=f"_apm_bwd_{which}_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
                 constexprs=dict(TIME_DIM=3, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=to_p,
-                                PREC=PREC[dtype], ONE_C=one_c, BLOCK_M=m, BLOCK_N=n, BLOCK_C=c))
+                                PREC=PREC[dtype], ONE_C=one_c, BLOCK_M=m, BLOCK_N=n, BLOCK_C=c,
+                                **({"WITH_DX": one_c} if which == "dk" else {})))
 
 
 def compile_cases(cases):
