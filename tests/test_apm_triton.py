@@ -75,11 +75,13 @@ def test_backend_is_available_and_supports_this_device():
     assert apm_triton.supports_device(torch.device("cpu")) == apm_triton.interpreting()
 
 
+@pytest.mark.gpu
+@needs_gpu
 def test_auto_picks_triton_for_cuda_tensors():
     from ap3d_kernels.functional import resolve_backend
 
-    if torch.cuda.is_available():
-        assert resolve_backend("auto", torch.device("cuda")) is apm_triton.apm
+    assert resolve_backend("auto", torch.device("cuda")) is apm_triton.apm
+    assert ap3d_kernels.available_backends("cuda")[0] == "triton"
 
 
 def test_triton_backend_rejects_tensors_on_an_unsupported_device():
