@@ -43,7 +43,6 @@ run on CPU tensors (slowly, one fixed config, no autotuning); that is how CI tes
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -51,7 +50,6 @@ import torch
 import torch.nn.functional as F
 
 from .flops import valid_pairs
-from .reference import neighbour_offsets
 
 __all__ = [
     "is_available",
@@ -74,6 +72,9 @@ except ImportError as exc:  # pragma: no cover - exercised on machines without t
 
 
 def _interpret_env() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads the variable through its knobs
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -114,9 +115,9 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _key_dim_padded(ck: int, dtype: torch.dtype) -> int:
-    # tl.dot needs K >= 16 for 16-bit operands (>= 8 for fp32) and power-of-two aranges; the
-    # padded lanes are loaded as zeros, so they add nothing to any dot product.
+def _key_dim_padded(ck: int) -> int:
+    # tl.dot needs K >= 16 for 16-bit operands (>= 8 for fp32) and power-of-two aranges; 16 suits
+    # every dtype, and the padded lanes are loaded as zeros, so they add nothing to any dot.
     return max(16, _next_pow2(ck))
 
 
@@ -578,7 +579,7 @@ def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
         T, HW, C, ck,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        TIME_DIM=time_dim, CKP=_key_dim_padded(ck, x.dtype), CONTRASTIVE=contrastive,
+        TIME_DIM=time_dim, CKP=_key_dim_padded(ck), CONTRASTIVE=contrastive,
         ROW_MAX=not _fixed_offset_ok(scale, x.dtype), PREC=_dot_precision(x.dtype, allow_tf32),
         BLOCK_C=block_c,
     )
@@ -592,7 +593,7 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
     nb = time_dim - 1
     acc = _acc_dtype(x.dtype)
     dout = dout.contiguous()
-    ckp = _key_dim_padded(ck, x.dtype)
+    ckp = _key_dim_padded(ck)
     prec = _dot_precision(x.dtype, allow_tf32)
     block_c = _value_block(C)
     one_c = triton.cdiv(C, block_c) == 1

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import ap3d_kernels
-from ap3d_kernels import apm, apm_reference
+from ap3d_kernels import apm
 
 apm_triton = pytest.importorskip("ap3d_kernels.apm_triton")
 if not apm_triton.is_available()[0]:
     pytest.skip(apm_triton.is_available()[1], allow_module_level=True)
 
 pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -63,7 +65,25 @@ GRAD_NAMES = ["x", "g_weight", "theta_weight", "phi_weight", "att_weight"]
 # --------------------------------------------------------------------------------------------
 def test_importing_the_package_does_not_import_triton():
     code = "import sys, ap3d_kernels; ap3d_kernels.apm; assert 'triton' not in sys.modules, 'triton imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_without_triton_the_backend_reports_itself_unavailable():
+    code = "\n".join([
+        "import sys; sys.modules['triton'] = None  # makes 'import triton' raise ImportError",
+        "import torch, ap3d_kernels",
+        "from ap3d_kernels import apm_triton",
+        "ok, reason = apm_triton.is_available()",
+        "assert not ok and 'pip install triton' in reason, reason",
+        "assert 'triton' not in ap3d_kernels.available_backends('cpu')",
+        "try:",
+        "    ap3d_kernels.apm(torch.randn(1, 16, 2, 2, 2), torch.randn(1, 16), contrastive=False, backend='triton')",
+        "except RuntimeError as exc:",
+        "    assert 'triton' in str(exc), exc",
+        "else:",
+        "    raise AssertionError('backend=triton ran without triton')",
+    ])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_backend_is_available_and_supports_this_device():
