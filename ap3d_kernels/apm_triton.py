@@ -156,11 +156,16 @@ def _tf32_allowed() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
-# Autotuning space on GPU, keyed on (HW, C, Ck): (BLOCK_M, BLOCK_N, num_warps, num_stages). The
-# value block BLOCK_C is chosen by the launcher (all of C up to 128 per program).
+# Autotuning space on GPU, keyed on (HW, C, Ck) (and the dtypes): (BLOCK_M, BLOCK_N, num_warps,
+# num_stages); the value block BLOCK_C is chosen by the launcher (all of C up to 128 per program).
+# Chosen from AOT builds for sm_90 with triton 3.9 (cubin resource usage): in bf16 each list
+# holds configs that compile without register spills at BLOCK_C = 128, mostly 8 warps (4-warp
+# 64 x 64 tiles spill hundreds of bytes). "bwd_kv" serves the key-block kernel (dk, dvphi and
+# the fused dx) and the separate dx kernel, "bwd_q" the query-block kernel.
 GPU_CONFIG_CHOICES = {
-    "fwd": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3), (32, 64, 4, 2)],
-    "bwd": [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2)],
+    "fwd": [(64, 64, 8, 2), (64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (32, 32, 4, 3)],
+    "bwd_kv": [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 8, 2), (16, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 3)],
+    "bwd_q": [(64, 64, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2), (32, 32, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2)],
 }
 
 
@@ -180,35 +185,35 @@ if triton is not None:
         ]
 
     _FWD_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["fwd"])
-    _BWD_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd"])
+    _BWD_KV_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd_kv"])
+    _BWD_Q_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd_q"])
     _KEY = ["HW", "C", "CK"]
 
     @triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
     @triton.jit
     def _apm_fwd_kernel(
-        X, Q, VPHI, TW, OUT, LSE, GATE, PHI,
+        X, Q, VPHI, TW, OUT, LSE, GATE, PHI, PAIRS,
         scale,
-        T, HW, C, CK,
+        T, HW, C, CK, N_PAIRS,
         stride_xb, stride_xc, stride_xt,
         stride_ob, stride_oc, stride_ot,
         TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr,
         ROW_MAX: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        """One program: one output frame slot of one clip, BLOCK_M positions, BLOCK_C channels.
-
-        Slot ``HALF`` copies the centre frame, slots whose neighbour is temporal zero padding
-        write zeros (and the reference's gate 0.5), the others run the fused registration.
-        """
+        """One program: one real (centre t, neighbour t') pair of one clip, BLOCK_M positions,
+        BLOCK_C channels. PAIRS lists the clip's real pairs as (t, slot); the centre slots and
+        the zero-padded neighbours are written by the launcher, so the kernel has no branches
+        (branches here cost registers that the key loop needs)."""
         HALF: tl.constexpr = TIME_DIM // 2
         NB: tl.constexpr = TIME_DIM - 1
         pid_m = tl.program_id(0)
-        pid_s = tl.program_id(1)
+        pid_p = tl.program_id(1)
         pid_c = tl.program_id(2)
-        slot = pid_s % TIME_DIM
-        bt = pid_s // TIME_DIM
-        t = bt % T
-        b = (bt // T).to(tl.int64)
+        pair = pid_p % N_PAIRS
+        b = (pid_p // N_PAIRS).to(tl.int64)
+        t = tl.load(PAIRS + 2 * pair)
+        slot = tl.load(PAIRS + 2 * pair + 1)
         src = t + slot - HALF
         nb = slot - (slot > HALF).to(tl.int32)
 
@@ -220,77 +225,66 @@ if triton is not None:
         mask_m = offs_m < HW
         mask_c = offs_c < C
         mask_d = offs_d < CK
-        mask_mc = mask_m[:, None] & mask_c[None, :]
-        out_ptrs = OUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot + offs_m[:, None] + offs_c[None, :] * stride_oc
         row = ((b * T + t) * NB + nb) * HW + offs_m  # index into [B, T, NB, HW]
 
-        if slot == HALF:
-            xc = tl.load(X + b * stride_xb + t * stride_xt + offs_m[:, None] + offs_c[None, :] * stride_xc, mask=mask_mc)
-            tl.store(out_ptrs, xc, mask=mask_mc)
-        elif (src < 0) | (src >= T):
-            # Zero key and zero value: the reference's reconstruction is exactly 0, its gate 0.5.
-            tl.store(out_ptrs, tl.zeros([BLOCK_M, BLOCK_C], dtype=DT), mask=mask_mc)
-            if pid_c == 0:
-                tl.store(LSE + row, tl.zeros([BLOCK_M], dtype=ACC), mask=mask_m)
-                if CONTRASTIVE:
-                    tl.store(GATE + row, tl.full([BLOCK_M], 0.5, ACC), mask=mask_m)
-                    tl.store(PHI + row[:, None] * CK + offs_d[None, :], tl.zeros([BLOCK_M, CKP], dtype=ACC),
-                             mask=mask_m[:, None] & mask_d[None, :])
-        else:
-            q_base = Q + (b * T + t) * HW * CK
-            k_base = Q + (b * T + src) * HW * CK
-            q = tl.load(q_base + offs_m[:, None] * CK + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-            if ROW_MAX:
-                # Large scale: exp(S - scale) could underflow, so find each row's max first
-                # (a pass of Ck-dim dots only, cheap next to P @ V).
-                m_i = tl.full([BLOCK_M], float("-inf"), ACC)
-                for start_n in range(0, HW, BLOCK_N):
-                    offs_n = start_n + tl.arange(0, BLOCK_N)
-                    mask_n = offs_n < HW
-                    kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
-                    s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
-                    s = tl.where(mask_n[None, :], s, float("-inf"))
-                    m_i = tl.maximum(m_i, tl.max(s, 1))
-                offset = m_i
-            else:
-                offset = tl.full([BLOCK_M], 1.0, ACC) * scale
-
-            l_i = tl.zeros([BLOCK_M], dtype=ACC)
-            acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)
-            phi_acc = tl.zeros([BLOCK_M, CKP], dtype=ACC)
-            v_base = X + b * stride_xb + src * stride_xt
+        q_base = Q + (b * T + t) * HW * CK
+        k_base = Q + (b * T + src) * HW * CK
+        q = tl.load(q_base + offs_m[:, None] * CK + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        if ROW_MAX:
+            # Large scale: exp(S - scale) could underflow, so find each row's max first
+            # (a pass of Ck-dim dots only, cheap next to P @ V).
+            m_i = tl.full([BLOCK_M], float("-inf"), ACC)
             for start_n in range(0, HW, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 mask_n = offs_n < HW
                 kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
                 s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
-                # Masking the exponent (not its result) keeps padded lanes at exp(-inf) = 0 and
-                # never overflows, whatever scale is.
-                p = tl.exp(tl.where(mask_n[None, :], s - offset[:, None], float("-inf")))
-                l_i += tl.sum(p, 1)
-                v = tl.load(v_base + offs_n[:, None] + offs_c[None, :] * stride_xc, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-                p_dt = p.to(DT)
-                acc = tl.dot(p_dt, v, acc, input_precision=PREC, out_dtype=ACC)
-                if CONTRASTIVE:
-                    vphi = tl.load(VPHI + (b * T + src) * HW * CK + offs_n[:, None] * CK + offs_d[None, :],
-                                   mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                    phi_acc = tl.dot(p_dt, vphi.to(DT), phi_acc, input_precision=PREC, out_dtype=ACC)
+                s = tl.where(mask_n[None, :], s, float("-inf"))
+                m_i = tl.maximum(m_i, tl.max(s, 1))
+            offset = m_i
+        else:
+            offset = tl.full([BLOCK_M], 1.0, ACC) * scale
 
-            inv_l = 1.0 / l_i
-            y = acc * inv_l[:, None]
+        l_i = tl.zeros([BLOCK_M], dtype=ACC)
+        acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)
+        phi_acc = tl.zeros([BLOCK_M, CKP], dtype=ACC)
+        v_base = X + b * stride_xb + src * stride_xt
+        for start_n in range(0, HW, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < HW
+            kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+            s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
+            # Masking the exponent (not its result) keeps padded lanes at exp(-inf) = 0 and
+            # never overflows, whatever scale is.
+            p = tl.exp(tl.where(mask_n[None, :], s - offset[:, None], float("-inf")))
+            l_i += tl.sum(p, 1)
+            v = tl.load(v_base + offs_n[:, None] + offs_c[None, :] * stride_xc, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+            p_dt = p.to(DT)
+            acc = tl.dot(p_dt, v, acc, input_precision=PREC, out_dtype=ACC)
             if CONTRASTIVE:
-                phi = phi_acc * inv_l[:, None]
-                tw = tl.load(TW + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :],
-                             mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                logit = tl.sum(tw * phi, 1)
-                gate = 1.0 / (1.0 + tl.exp(-logit))
-                y = y * gate[:, None]
-            tl.store(out_ptrs, y.to(DT), mask=mask_mc)
-            if pid_c == 0:
-                tl.store(LSE + row, offset + tl.log(l_i), mask=mask_m)
-                if CONTRASTIVE:
-                    tl.store(GATE + row, gate, mask=mask_m)
-                    tl.store(PHI + row[:, None] * CK + offs_d[None, :], phi, mask=mask_m[:, None] & mask_d[None, :])
+                vphi = tl.load(VPHI + (b * T + src) * HW * CK + offs_n[:, None] * CK + offs_d[None, :],
+                               mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                phi_acc = tl.dot(p_dt, vphi.to(DT), phi_acc, input_precision=PREC, out_dtype=ACC)
+
+        inv_l = 1.0 / l_i
+        y = acc * inv_l[:, None]
+        if CONTRASTIVE:
+            phi = phi_acc * inv_l[:, None]
+            tw = tl.load(TW + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :],
+                         mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            logit = tl.sum(tw * phi, 1)
+            gate = 1.0 / (1.0 + tl.exp(-logit))
+            y = y * gate[:, None]
+        # Output pointers formed only here: a [BLOCK_M, BLOCK_C] tile of 64-bit pointers kept live
+        # across the key loop would cost 2 registers per element.
+        out_base = OUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+        tl.store(out_base + (offs_m[:, None] + offs_c[None, :] * stride_oc), y.to(DT),
+                 mask=mask_m[:, None] & mask_c[None, :])
+        if pid_c == 0:
+            tl.store(LSE + row, offset + tl.log(l_i), mask=mask_m)
+            if CONTRASTIVE:
+                tl.store(GATE + row, gate, mask=mask_m)
+                tl.store(PHI + row[:, None] * CK + offs_d[None, :], phi, mask=mask_m[:, None] & mask_d[None, :])
 
     @triton.jit
     def _apm_bwd_rowdot_kernel(
@@ -322,7 +316,7 @@ if triton is not None:
             acc += tl.sum(dz * z, 0)
         tl.store(R + ((b * T + t) * NB + nb) * HW + offs_m, acc, mask=mask_m)
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+    @triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
     @triton.jit
     def _apm_bwd_dx_kernel(
         DOUT, X, Q, LSE, GATE, DX,
@@ -377,7 +371,7 @@ if triton is not None:
         tl.store(DX + b * stride_xb + tk * stride_xt + offs_n[:, None] + offs_c[None, :] * stride_xc, dx.to(DX.dtype.element_ty),
                  mask=mask_n[:, None] & mask_c[None, :])
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+    @triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
     @triton.jit
     def _apm_bwd_dk_kernel(
         DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DK, DVPHI, DX,
@@ -473,7 +467,7 @@ if triton is not None:
             tl.store(DX + b * stride_xb + tk * stride_xt + offs_n[:, None] + offs_cb[None, :] * stride_xc,
                      dx.to(DX.dtype.element_ty), mask=mask_nc)
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+    @triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
     @triton.jit
     def _apm_bwd_dq_kernel(
         DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DQ,
@@ -555,28 +549,56 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------
 # Launchers (called inside the registered ops; arguments are already validated and laid out)
 # ---------------------------------------------------------------------------------------------
+_PAIR_TABLES: dict = {}
+
+
+def _pair_table(T: int, time_dim: int, device: torch.device) -> torch.Tensor:
+    """The real (centre t, slot) pairs of a clip as an int32 [n, 2] tensor (cached per device)."""
+    key = (T, time_dim, str(device))
+    table = _PAIR_TABLES.get(key)
+    if table is None:
+        half = time_dim // 2
+        pairs = [(t, s) for t in range(T) for s in range(time_dim) if s != half and 0 <= t + s - half < T]
+        table = torch.tensor(pairs, dtype=torch.int32).reshape(-1, 2).to(device)
+        _PAIR_TABLES[key] = table
+    return table
+
+
 def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
     B, C, T, HW = x.shape
     ck = q.shape[-1]
     nb = time_dim - 1
+    half = time_dim // 2
     acc = _acc_dtype(x.dtype)
     out = x.new_empty((B, C, time_dim * T, HW))
-    lse = x.new_empty((B, T, nb, HW), dtype=acc)
+    frames = out.view(B, C, T, time_dim, HW)
+    frames[:, :, :, half].copy_(x)  # the centre frames are the input itself
+    for t in range(T):  # zero-padded neighbours: reconstruction 0 (only the first/last frames)
+        for s in range(time_dim):
+            if s != half and not 0 <= t + s - half < T:
+                frames[:, :, t, s].zero_()
+    # Saved for the backward; the zero-padded pairs keep the reference's values (lse 0, gate 0.5,
+    # phi 0), which make every one of their gradient terms vanish.
+    lse = x.new_zeros((B, T, nb, HW), dtype=acc)
     if contrastive:
-        gate = x.new_empty((B, T, nb, HW), dtype=acc)
-        phi = x.new_empty((B, T, nb, HW, ck), dtype=acc)
+        gate = x.new_full((B, T, nb, HW), 0.5, dtype=acc)
+        phi = x.new_zeros((B, T, nb, HW, ck), dtype=acc)
     else:
         gate = x.new_empty((0,), dtype=acc)
         phi = x.new_empty((0,), dtype=acc)
+    pairs = _pair_table(T, time_dim, x.device)
+    n_pairs = pairs.shape[0]
+    if n_pairs == 0:  # T = 1: every neighbour is padding
+        return out, lse, gate, phi
     block_c = _value_block(C)
 
     def grid(meta):
-        return (triton.cdiv(HW, meta["BLOCK_M"]), B * T * time_dim, triton.cdiv(C, block_c))
+        return (triton.cdiv(HW, meta["BLOCK_M"]), B * n_pairs, triton.cdiv(C, block_c))
 
     _apm_fwd_kernel[grid](
-        x, q.to(_qk_dtype(x.dtype)), vphi if contrastive else q, tw if contrastive else q, out, lse, gate, phi,
+        x, q.to(_qk_dtype(x.dtype)), vphi if contrastive else q, tw if contrastive else q, out, lse, gate, phi, pairs,
         scale,
-        T, HW, C, ck,
+        T, HW, C, ck, n_pairs,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         TIME_DIM=time_dim, CKP=_key_dim_padded(ck), CONTRASTIVE=contrastive,
