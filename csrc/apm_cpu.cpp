@@ -57,13 +57,6 @@ Geometry make_geometry(const Tensor& x, const Tensor& g, int64_t time_dim) {
 // P @ V GEMM ([C, HW] x [HW, BM]) stays wide enough for the BLAS micro-kernels.
 int64_t row_block(int64_t HW) { return std::min<int64_t>(HW, 64); }
 
-// Items per thread chunk such that a chunk is worth at least ~1 MFLOP: tiny problems then run on
-// the calling thread instead of paying a thread wake-up (costly when the cores are busy).
-int64_t grain_for(int64_t flops_per_item) {
-  constexpr int64_t kMinChunkFlops = int64_t(1) << 20;
-  return std::max<int64_t>(1, kMinChunkFlops / std::max<int64_t>(1, flops_per_item));
-}
-
 template <typename T>
 Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
   return at::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs},
@@ -104,11 +97,10 @@ void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, 
 
 // [B, C, T*HW] features times w^T ([C, Ck]) -> [B, T*HW, Ck]. Computed as w @ x[b] ([Ck, T*HW])
 // and transposed once: the BLAS runs ~10x slower on the transposed-x, Ck-wide output form.
+// bmm rather than per-clip mm: ATen's bmm runs small problems on the calling thread, where a
+// top-level BLAS call would wake its thread team even for a few hundred FLOPs.
 Tensor project(const Tensor& Xv, const Tensor& w) {
-  const int64_t B = Xv.size(0);
-  Tensor outT = at::empty({B, w.size(0), Xv.size(2)}, Xv.options());
-  for (int64_t b = 0; b < B; ++b) mm_into(outT[b], w, Xv[b]);
-  return outT.transpose(1, 2).contiguous();
+  return at::bmm(w.expand({Xv.size(0), w.size(0), w.size(1)}), Xv).transpose(1, 2).contiguous();
 }
 
 // Same arithmetic as F.normalize(p, dim=-1): p / max(||p||, eps). Returns (q, ||p||).
@@ -137,8 +129,9 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
   const Tensor PhiM = contrastive ? view2d(Phi, Ck, C, C, 1) : Tensor();
 
-  const int64_t grain = grain_for(2 * nb * BM * HW * (C + Ck));
-  at::parallel_for(0, B * T * nblk, grain, [&](int64_t begin, int64_t end) {
+  // Grain 1: even small problems run inside a parallel region, where the BLAS calls below are
+  // nested and therefore single-threaded (a top-level BLAS call would fork its own team per block).
+  at::parallel_for(0, B * T * nblk, 1, [&](int64_t begin, int64_t end) {
     acc_t* S = scratch + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
     acc_t* YT = S + BM * HW;                                       // [C, bm]: un-normalised P @ V, transposed
     acc_t* PHT = YT + C * BM;                                      // [Ck, bm]: phi(YT)
@@ -229,8 +222,7 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
   const Tensor PhiT = contrastive ? view2d(Phi, C, Ck, 1, C) : Tensor();
   constexpr acc_t tiny = std::numeric_limits<acc_t>::min();
 
-  const int64_t grain = grain_for(2 * nb * HW * HW * (2 * C + 3 * Ck));
-  at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     acc_t* P = scratch + tid * per_thread;  // [bm, HW] probabilities
     acc_t* dP = P + BM * HW;                       // [bm, HW] dP, then dS
@@ -439,20 +431,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(
   const Tensor denom = norm.clamp_min(kNormEps);
   const Tensor radial = (Q * dq).sum(-1, /*keepdim=*/true) * (norm >= kNormEps);
   const Tensor dp = (dq - Q * radial) / denom;
-  // ... and the projection p = g(x).
-  Tensor dG = at::zeros_like(G);
-  for (int64_t b = 0; b < geo.B; ++b) {
-    dG.addmm_(dp[b].t(), Xv[b].t());
-    dXv[b].addmm_(G.t(), dp[b].t());
-  }
+  // ... and the projection p = g(x). Batched over clips (see project()).
+  const Tensor XvT = Xv.transpose(1, 2);
+  const auto expand_t = [&](const Tensor& w) { return w.t().expand({geo.B, geo.C, geo.Ck}); };
+  const Tensor dpT = dp.transpose(1, 2);
+  Tensor dG = at::bmm(dpT, XvT).sum(0);
+  dXv.baddbmm_(expand_t(G), dpT);
   Tensor dTheta, dPhi, dw;
   if (contrastive) {
-    const Tensor dth = DTH.sum(2).view({geo.B, geo.T * geo.HW, geo.Ck});
-    dTheta = at::zeros_like(Theta);
-    for (int64_t b = 0; b < geo.B; ++b) {
-      dTheta.addmm_(dth[b].t(), Xv[b].t());
-      if (!detach_gate_inputs) dXv[b].addmm_(Theta.t(), dth[b].t());
-    }
+    const Tensor dthT = DTH.sum(2).view({geo.B, geo.T * geo.HW, geo.Ck}).transpose(1, 2);
+    dTheta = at::bmm(dthT, XvT).sum(0);
+    if (!detach_gate_inputs) dXv.baddbmm_(expand_t(Theta), dthT);
     dPhi = dPhiT_acc.sum(0).t().contiguous();
     dw = dw_acc.sum(0);
   } else {

@@ -30,6 +30,16 @@ GATE_MODES = [(False, True), (True, True), (True, False)]
 GATE_IDS = ["no-gate", "gate-detached", "gate-attached"]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny problems run single-threaded: a thread wake-up would cost more than the work, and
+    under pytest-xdist the workers already occupy the cores. Paper-shape tests use all threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_inputs(B, C, T, H, W, *, dtype=torch.float32, contrastive=True, seed=0, requires_grad=True):
     """x and the four weights, scaled like trained layers (unit-ish features, 1/sqrt(C) weights)."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,6 +89,7 @@ SMALL_ODD = [(5, 3), (7, 4)]
 @pytest.mark.parametrize("contrastive,detach", GATE_MODES, ids=GATE_IDS)
 @pytest.mark.parametrize("T", [1, 2, 5])
 @pytest.mark.parametrize("hw", SMALL_ODD, ids=["5x3", "7x4"])
+@pytest.mark.usefixtures("one_thread")
 def test_gradcheck_float64(hw, T, contrastive, detach):
     """Analytical = numerical derivative for every input whose gradient is the true derivative.
 
@@ -101,6 +112,7 @@ def test_gradcheck_float64(hw, T, contrastive, detach):
 @pytest.mark.parametrize("time_dim", [3, 5])
 @pytest.mark.parametrize("contrastive,detach", GATE_MODES, ids=GATE_IDS)
 @pytest.mark.parametrize("hw", SMALL_ODD, ids=["5x3", "7x4"])
+@pytest.mark.usefixtures("one_thread")
 def test_float64_gradients_equal_reference_autograd_including_detach(hw, contrastive, detach, time_dim):
     inputs = make_inputs(2, 32, 5, *hw, dtype=torch.float64, contrastive=contrastive, seed=21)
     kw = dict(scale=4.0, time_dim=time_dim, contrastive=contrastive, detach_gate_inputs=detach)
@@ -112,6 +124,7 @@ def test_float64_gradients_equal_reference_autograd_including_detach(hw, contras
         assert_close_rel(g, r, 1e-10, f"grad {name}")
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_gradcheck_float64_full_jacobian_with_gate():
     # The complete numerical Jacobian (not fast mode's random projection) at one tiny shape.
     inputs = make_inputs(1, 32, 3, 2, 1, dtype=torch.float64, seed=7)
@@ -167,6 +180,7 @@ def test_half_precision_inputs_accumulate_in_float32(stage, dtype, rtol):
     assert (out.double() - ref_out).abs().max() <= (low_ref_out.double() - ref_out).abs().max()
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_large_scale_does_not_overflow_or_lose_rows():
     # With scale 60, exp(scale * (s - 1)) underflows in float32 for dissimilar keys: the kernel
     # subtracts the exact row maximum, so every row keeps its mass.
@@ -182,6 +196,7 @@ def test_large_scale_does_not_overflow_or_lose_rows():
 # ----------------------------------------------------------------------------------------------
 # Layout semantics
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("one_thread")
 def test_output_interleaves_reconstructions_around_an_exact_centre_copy():
     x, g, th, ph, att = make_inputs(2, 32, 3, 5, 3, requires_grad=False)
     out = apm(x, g, th, ph, att, backend="cpu", time_dim=3)
@@ -195,6 +210,7 @@ def test_output_interleaves_reconstructions_around_an_exact_centre_copy():
     "layout",
     ["channels_last_3d", "permuted", "strided_slice"],
 )
+@pytest.mark.usefixtures("one_thread")
 def test_non_contiguous_and_channels_last_inputs_give_the_reference_result(layout):
     base, g, th, ph, att = make_inputs(2, 32, 4, 6, 5, requires_grad=False, seed=9)
     if layout == "channels_last_3d":
@@ -231,6 +247,7 @@ def test_auto_picks_the_fused_kernel_for_cpu_tensors(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Memory: nothing of size HW x HW survives the forward
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("one_thread")
 def test_backward_saves_per_row_statistics_not_the_attention_matrix():
     B, C, T, H, W, N = 2, 32, 4, 16, 16, 3
     HW, ck = H * W, C // 16
@@ -249,12 +266,14 @@ def test_backward_saves_per_row_statistics_not_the_attention_matrix():
 # PyTorch operator contract
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("contrastive,detach", GATE_MODES, ids=GATE_IDS)
+@pytest.mark.usefixtures("one_thread")
 def test_opcheck_forward_operator(contrastive, detach):
     x, g, th, ph, att = make_inputs(2, 32, 3, 5, 3, contrastive=contrastive, seed=13)
     args = (x, g, th, ph, att, 4.0, 3, contrastive, detach)
     torch.library.opcheck(torch.ops.ap3d_cpu.apm_fwd.default, args)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_opcheck_backward_operator():
     x, g, th, ph, att = make_inputs(2, 32, 3, 5, 3, requires_grad=False, seed=14)
     out, lse, gate, phi_y = torch.ops.ap3d_cpu.apm_fwd(x, g, th, ph, att, 4.0, 3, True, False)
@@ -262,6 +281,7 @@ def test_opcheck_backward_operator():
     torch.library.opcheck(torch.ops.ap3d_cpu.apm_bwd.default, args)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_torch_compile_of_an_ap3d_block_has_no_graph_break():
     from ap3d_kernels.modules import APP3DC
 
@@ -282,6 +302,7 @@ def test_torch_compile_of_an_ap3d_block_has_no_graph_break():
 
 
 @pytest.mark.parametrize("contrastive", [True, False], ids=["gate", "no-gate"])
+@pytest.mark.usefixtures("one_thread")
 def test_flop_counter_counts_forward_and_backward(contrastive):
     from torch.utils.flop_counter import FlopCounterMode
 
