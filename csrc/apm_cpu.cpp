@@ -15,6 +15,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -56,6 +57,20 @@ Geometry make_geometry(const Tensor& x, const Tensor& g, int64_t time_dim) {
 // Rows per block. 64 rows keep the [BM, HW] block in L2 up to HW of a few thousand while the
 // P @ V GEMM ([C, HW] x [HW, BM]) stays wide enough for the BLAS micro-kernels.
 int64_t row_block(int64_t HW) { return std::min<int64_t>(HW, 64); }
+
+// Runs body(i, i + 1) for every item in [0, n) on all threads. Items are handed out one at a time
+// from a shared counter instead of in fixed equal ranges: when another process takes a core, the
+// other threads take over its share instead of waiting for it. Always inside a parallel region
+// (for n >= 2), so the BLAS calls in the body are nested and stay single-threaded.
+template <typename F>
+void parallel_items(int64_t n, const F& body) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      body(i, i + 1);
+  });
+}
 
 template <typename T>
 Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
@@ -129,9 +144,7 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
   const Tensor PhiM = contrastive ? view2d(Phi, Ck, C, C, 1) : Tensor();
 
-  // Grain 1: even small problems run inside a parallel region, where the BLAS calls below are
-  // nested and therefore single-threaded (a top-level BLAS call would fork its own team per block).
-  at::parallel_for(0, B * T * nblk, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(B * T * nblk, [&](int64_t begin, int64_t end) {
     acc_t* S = scratch + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
     acc_t* YT = S + BM * HW;                                       // [C, bm]: un-normalised P @ V, transposed
     acc_t* PHT = YT + C * BM;                                      // [Ck, bm]: phi(YT)
@@ -222,7 +235,7 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
   const Tensor PhiT = contrastive ? view2d(Phi, C, Ck, 1, C) : Tensor();
   constexpr acc_t tiny = std::numeric_limits<acc_t>::min();
 
-  at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(B * T, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     acc_t* P = scratch + tid * per_thread;  // [bm, HW] probabilities
     acc_t* dP = P + BM * HW;                       // [bm, HW] dP, then dS
