@@ -186,6 +186,7 @@ def test_large_scale_with_only_dissimilar_keys_stays_finite():
         (2, 32, 2, 5, 3, 2, 3, False, True),  # registration only
         (1, 32, 4, 5, 3, 2, 5, True, True),  # time_dim 5 with T = 4: partly padded windows
         (1, 32, 3, 7, 5, 3, 3, True, True),  # HW = 35: several query and key tiles
+        (2, 32, 1, 5, 3, 2, 3, True, True),  # T = 1: only the centre frame carries gradient
     ],
 )
 def test_forward_and_backward_match_reference(B, C, T, H, W, ck, time_dim, contrastive, detach):
