@@ -16,13 +16,16 @@ with ``HW x HW`` similarities only ever held as one on-chip tile:
 
 Because ``phi(y) = P @ vphi`` is accumulated beside ``P @ V``, the gate is known at the end of
 the key loop of every program, so the value dimension C can be split across programs (C up to
-2048 and beyond) without a second pass over the output.
+2048 and beyond) without a second pass over the output. Programs are launched for real pairs
+only; the launcher copies the centre frames into their slots and zeroes the few slots whose
+neighbour is temporal zero padding (exactly the reference's result for them).
 
 Numerics: q and k are unit vectors, so S lies in [-scale, scale] and ``exp(S - scale)`` is a
 safe fixed softmax offset (no running max, no accumulator rescaling) as long as
 ``exp(-2 * scale)`` is comfortably representable in the dtype ``P`` is cast to; for larger
 scales a cheap extra pass over the keys (dimension Ck) finds the exact row maximum first.
-Accumulation is fp32 (fp64 for fp64 inputs, so ``gradcheck`` is meaningful). fp32 ``tl.dot``
+Accumulation is fp32 (fp64 for fp64 inputs, so ``gradcheck`` is meaningful); for fp16/bf16
+inputs the unit vectors q, k enter ``tl.dot`` as fp16 (3 more mantissa bits than bf16). fp32 ``tl.dot``
 uses IEEE precision unless the caller allows TF32 (``torch.backends.cuda.matmul.allow_tf32``).
 
 Backward (FlashAttention-2 style, deterministic, no atomics): a pre-pass computes
