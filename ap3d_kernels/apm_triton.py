@@ -210,9 +210,13 @@ if triton is not None:
         (branches here cost registers that the key loop needs)."""
         HALF: tl.constexpr = TIME_DIM // 2
         NB: tl.constexpr = TIME_DIM - 1
-        pid_m = tl.program_id(0)
-        pid_p = tl.program_id(1)
-        pid_c = tl.program_id(2)
+        # Axis 0 enumerates (clip pair, row block) with the row block fastest, so programs that
+        # share one neighbour's keys and values run together (L2 reuse), and its 2^31 limit
+        # (unlike axis 1's 65535) never binds.
+        n_m = tl.cdiv(HW, BLOCK_M)
+        pid_m = tl.program_id(0) % n_m
+        pid_p = tl.program_id(0) // n_m
+        pid_c = tl.program_id(1)
         pair = pid_p % N_PAIRS
         b = (pid_p // N_PAIRS).to(tl.int64)
         t = tl.load(PAIRS + 2 * pair)
@@ -299,8 +303,9 @@ if triton is not None:
         """R[b, t, nb, i] = sum_c dz * z over the neighbour slots (FlashAttention's delta pre-pass)."""
         HALF: tl.constexpr = TIME_DIM // 2
         NB: tl.constexpr = TIME_DIM - 1
-        pid_m = tl.program_id(0)
-        pid_p = tl.program_id(1)
+        n_m = tl.cdiv(HW, BLOCK_M)
+        pid_m = tl.program_id(0) % n_m
+        pid_p = tl.program_id(0) // n_m
         nb = pid_p % NB
         bt = pid_p // NB
         t = bt % T
@@ -333,9 +338,10 @@ if triton is not None:
         """dx of key frame t' (BLOCK_N positions, BLOCK_C channels): the centre-slot gradient plus
         sum over the pairs that use t' as neighbour of P^T (a * dz). Written once, no atomics."""
         HALF: tl.constexpr = TIME_DIM // 2
-        pid_n = tl.program_id(0)
-        pid_bt = tl.program_id(1)
-        pid_c = tl.program_id(2)
+        n_n = tl.cdiv(HW, BLOCK_N)
+        pid_n = tl.program_id(0) % n_n
+        pid_bt = tl.program_id(0) // n_n
+        pid_c = tl.program_id(1)
         tk = pid_bt % T
         b = (pid_bt // T).to(tl.int64)
         ACC = LSE.dtype.element_ty
@@ -393,8 +399,9 @@ if triton is not None:
         fused dK/dV) and the separate dx kernel is skipped."""
         tl.static_assert(ONE_C or not WITH_DX, "WITH_DX needs all of C in one chunk")
         HALF: tl.constexpr = TIME_DIM // 2
-        pid_n = tl.program_id(0)
-        pid_bt = tl.program_id(1)
+        n_n = tl.cdiv(HW, BLOCK_N)
+        pid_n = tl.program_id(0) % n_n
+        pid_bt = tl.program_id(0) // n_n
         tk = pid_bt % T
         b = (pid_bt // T).to(tl.int64)
         ACC = LSE.dtype.element_ty
@@ -485,8 +492,9 @@ if triton is not None:
         """Centre frame t, BLOCK_M positions: dq = scale * sum over its neighbours and key blocks
         of dS k, with dS = P (dP - delta) recomputed tile by tile."""
         HALF: tl.constexpr = TIME_DIM // 2
-        pid_m = tl.program_id(0)
-        pid_bt = tl.program_id(1)
+        n_m = tl.cdiv(HW, BLOCK_M)
+        pid_m = tl.program_id(0) % n_m
+        pid_bt = tl.program_id(0) // n_m
         t = pid_bt % T
         b = (pid_bt // T).to(tl.int64)
         ACC = LSE.dtype.element_ty
@@ -596,7 +604,7 @@ def _launch_forward(x, q, vphi, tw, scale, time_dim, contrastive, allow_tf32):
     block_c = _value_block(C)
 
     def grid(meta):
-        return (triton.cdiv(HW, meta["BLOCK_M"]), B * n_pairs, triton.cdiv(C, block_c))
+        return (triton.cdiv(HW, meta["BLOCK_M"]) * B * n_pairs, triton.cdiv(C, block_c))
 
     _apm_fwd_kernel[grid](
         x, q.to(_qk_dtype(x.dtype)), vphi if contrastive else q, tw if contrastive else q, out, lse, gate, phi, pairs,
@@ -629,7 +637,7 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
     # delta = rowsum(dy * y) = R, exactly and without dividing by a (which may underflow).
     rowdot = x.new_empty((B, T, nb, HW), dtype=acc)
     block_m = 16 if _INTERPRETED else 64
-    _apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m), B * T * nb)](
+    _apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m) * B * T * nb,)](
         dout, out, rowdot, T, HW, C, dout.stride(0), dout.stride(1), dout.stride(2),
         TIME_DIM=time_dim, BLOCK_M=block_m, BLOCK_C=block_c,
     )
@@ -647,13 +655,13 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
 
     dx = torch.empty_like(x)
     if not one_c:  # otherwise the dk kernel computes dx from the same tiles
-        _apm_bwd_dx_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T, triton.cdiv(C, block_c))](
+        _apm_bwd_dx_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]) * B * T, triton.cdiv(C, block_c))](
             dout, x, qk, lse, gate if contrastive else lse, dx,
             scale, T, HW, C, ck, *strides,
             TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, PREC=prec, BLOCK_C=block_c,
         )
     dk = torch.empty_like(q)
-    _apm_bwd_dk_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]), B * T)](
+    _apm_bwd_dk_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_N"]) * B * T,)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
         dphi if contrastive else q, dk, dvphi if contrastive else dk, dx,
         scale, T, HW, C, ck, *strides,
@@ -661,7 +669,7 @@ def _launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim,
         PREC=prec, ONE_C=one_c, WITH_DX=one_c, BLOCK_C=block_c,
     )
     dq = torch.empty_like(q)
-    _apm_bwd_dq_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]), B * T)](
+    _apm_bwd_dq_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]) * B * T,)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
         dphi if contrastive else q, dq,
         scale, T, HW, C, ck, *strides,
