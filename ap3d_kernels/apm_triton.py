@@ -831,12 +831,20 @@ def apm(
     HW = H * W
     acc = _acc_dtype(x.dtype)
     xv = x.reshape(B, C, T, HW).contiguous()
-    rows = xv.permute(0, 2, 3, 1)  # [B, T, HW, C] view: the projections are 1x1x1 convs
-    q = F.normalize((rows @ g_weight.t()).to(acc), p=2, dim=-1).contiguous()
+    flat = xv.view(B, C, T * HW)
+
+    def project(weight, inputs):
+        # 1x1x1 convs as W @ x on x's own layout (no transposed copy of x), then the small
+        # [B, k, T, HW] result is laid out [B, T, HW, k] for the kernels.
+        return torch.matmul(weight, inputs).view(B, -1, T, HW).permute(0, 2, 3, 1).to(acc)
+
+    q = F.normalize(project(g_weight, flat), p=2, dim=-1).contiguous()
     if contrastive:
-        gate_rows = rows.detach() if detach_gate_inputs else rows
-        vphi = (gate_rows @ phi_weight.t()).to(acc).contiguous()
-        tw = ((gate_rows @ theta_weight.t()).to(acc) * att_weight.to(acc)).contiguous()
+        ck = g_weight.shape[0]
+        gate_in = flat.detach() if detach_gate_inputs else flat
+        theta, vphi = project(torch.cat([theta_weight, phi_weight]), gate_in).split(ck, dim=-1)
+        vphi = vphi.contiguous()
+        tw = (theta * att_weight.to(acc)).contiguous()
     else:
         vphi = tw = None
     out = torch.ops.ap3d.apm_triton_forward(
