@@ -282,7 +282,21 @@ def test_opcheck_backward_operator():
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_torch_compile_of_the_operator_is_one_graph_forward_and_backward():
+    inputs = make_inputs(2, 32, 3, 5, 3, seed=15)
+    kw = dict(scale=4.0, time_dim=3, contrastive=True, detach_gate_inputs=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: apm_cpu.apm(*a, **kw).square().sum(), fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(*inputs), inputs)
+    ref_grads = torch.autograd.grad(apm_reference(*inputs, **kw).square().sum(), inputs)
+    for name, g, r in zip(["x", "g", "theta", "phi", "att"], grads, ref_grads):
+        assert_close_rel(g, r, 1e-4, f"compiled grad {name}")
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_torch_compile_of_an_ap3d_block_has_no_graph_break():
+    """The whole path, nn.Module -> ap3d_kernels.apm dispatch -> operator, traces as one graph:
+    backend resolution must not make untraceable calls (such as importlib) once loaded."""
     from ap3d_kernels.modules import APP3DC
 
     torch.manual_seed(0)
