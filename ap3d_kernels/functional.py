@@ -30,14 +30,22 @@ BACKENDS: dict[str, Optional[str]] = {
 # What "auto" tries first for a device type; the reference is always the last resort.
 _AUTO_PREFERENCE = {"cpu": "cpu", "cuda": "triton"}
 _warned: set[str] = set()
+_modules: dict[str, object] = {}
+# Device types on which torch.autocast exists (it raises for others, such as "meta").
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
 def _load(name: str):
-    module_path = BACKENDS[name]
-    try:
-        return importlib.import_module(module_path)
-    except ImportError as exc:  # the backend's own dependencies are missing
-        return _Unavailable(f"backend {name!r} could not be imported: {exc}")
+    # Cached so that a call under torch.compile reads a dict instead of tracing an import
+    # (Dynamo cannot trace importlib, which would break the graph at every APM).
+    module = _modules.get(name)
+    if module is None:
+        try:
+            module = importlib.import_module(BACKENDS[name])
+        except ImportError as exc:  # the backend's own dependencies are missing
+            module = _Unavailable(f"backend {name!r} could not be imported: {exc}")
+        _modules[name] = module
+    return module
 
 
 class _Unavailable:
@@ -136,14 +144,11 @@ def apm(
 
     if not contrastive:
         theta_weight = phi_weight = att_weight = None
-    return fn(
-        x,
-        cast(g_weight),
-        cast(theta_weight),
-        cast(phi_weight),
-        cast(att_weight),
-        scale=scale,
-        time_dim=time_dim,
-        contrastive=bool(contrastive),
-        detach_gate_inputs=bool(detach_gate_inputs),
-    )
+    args = (x, cast(g_weight), cast(theta_weight), cast(phi_weight), cast(att_weight))
+    kwargs = dict(scale=scale, time_dim=time_dim, contrastive=bool(contrastive), detach_gate_inputs=bool(detach_gate_inputs))
+    if x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type):
+        # APM computes in x's dtype (fused kernels accumulate in fp32 themselves); letting autocast
+        # recast its inner products would mix dtypes inside the op.
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(*args, **kwargs)
+    return fn(*args, **kwargs)

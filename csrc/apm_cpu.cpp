@@ -13,6 +13,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <atomic>
@@ -342,6 +343,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_forward_cpu(const Tensor& x, cons
                                                            const std::optional<Tensor>& att_weight, double scale,
                                                            int64_t time_dim, bool contrastive,
                                                            bool /*detach_gate_inputs: used by the backward only*/) {
+  // The kernel's own ATen calls (bmm, mm_out) must run in the input's dtype with fp32
+  // accumulation; an enclosing torch.autocast region would otherwise recast them mid-kernel.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_args(x, g_weight, theta_weight, phi_weight, att_weight, scale, time_dim, contrastive);
   const Geometry geo = make_geometry(x, g_weight, time_dim);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -379,6 +383,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(
     const std::optional<Tensor>& phi_weight, const std::optional<Tensor>& att_weight, const Tensor& out,
     const Tensor& lse, const Tensor& gate, const Tensor& phi_y, double scale, int64_t time_dim, bool contrastive,
     bool detach_gate_inputs) {
+  // The kernel's own ATen calls (bmm, mm_out) must run in the input's dtype with fp32
+  // accumulation; an enclosing torch.autocast region would otherwise recast them mid-kernel.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_args(x, g_weight, theta_weight, phi_weight, att_weight, scale, time_dim, contrastive);
   const Geometry geo = make_geometry(x, g_weight, time_dim);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
