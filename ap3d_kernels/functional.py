@@ -19,7 +19,7 @@ import torch
 from .reference import apm_reference
 from .validation import check_apm_args
 
-__all__ = ["apm", "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["apm", "available_backends", "preload_backends", "resolve_backend", "BACKENDS"]
 
 # name -> module path; "reference" is built in.
 BACKENDS: dict[str, Optional[str]] = {
@@ -46,6 +46,18 @@ def _load(name: str):
             module = _Unavailable(f"backend {name!r} could not be imported: {exc}")
         _modules[name] = module
     return module
+
+
+def preload_backends() -> None:
+    """Import now the backend modules that ``"auto"`` may pick in this process.
+
+    Call it from eager code (``ap3d_kernels.APM`` does, when constructed): a ``torch.compile``'d
+    call then only reads the cache, whereas tracing the first import would break the graph.
+    Importing ``ap3d_kernels`` itself stays light (no triton, no shared library).
+    """
+    _load("cpu")
+    if torch.cuda.is_available():
+        _load("triton")
 
 
 class _Unavailable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import BACKENDS, apm
+from ..functional import BACKENDS, apm, preload_backends
 from ..validation import check_scale, check_time_dim
 from ._checks import check_bool, check_positive_int, check_video_input
 
@@ -59,6 +59,7 @@ class APM(nn.Module):
         self.contrastive = check_bool("contrastive", contrastive)
         self.detach_gate_inputs = check_bool("detach_gate_inputs", detach_gate_inputs)
         self.backend = backend
+        preload_backends()  # construction is eager; a compiled forward then never traces an import
 
         ck = self.inter_channels
         self.semantic_mapping = nn.Conv3d(channels, ck, kernel_size=1, bias=False)
