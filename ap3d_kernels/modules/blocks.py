@@ -216,34 +216,30 @@ class _APMixin:
 
 
 # ---------------------------------------------------------------------------------------------
-class C2D(TemporalBlock):
+class _SingleConv3d(TemporalBlock):
+    """A block that is one ``conv3d``; subclasses choose its temporal extent in ``_build``."""
+
+    @property
+    def spatial_conv(self):
+        return self.conv3d
+
+    def forward(self, x):
+        self._check(x)
+        return self.conv3d(x)
+
+
+class C2D(_SingleConv3d):
     """``1 x k x k`` conv: the 2D conv applied to each frame (no temporal modelling)."""
 
     def _build(self, bias):
         self.conv3d = self._spatial_conv3d(bias)
 
-    @property
-    def spatial_conv(self):
-        return self.conv3d
 
-    def forward(self, x):
-        self._check(x)
-        return self.conv3d(x)
-
-
-class I3D(TemporalBlock):
+class I3D(_SingleConv3d):
     """``N x k x k`` conv with temporal padding ``N // 2``, 2D kernel in the centre tap."""
 
     def _build(self, bias):
         self.conv3d = self._spatial_conv3d(bias, time_dim=self.time_dim, time_padding=self.time_dim // 2)
-
-    @property
-    def spatial_conv(self):
-        return self.conv3d
-
-    def forward(self, x):
-        self._check(x)
-        return self.conv3d(x)
 
 
 class API3D(_APMixin, TemporalBlock):

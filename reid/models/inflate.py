@@ -103,11 +103,8 @@ class BasicBlock3D(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _inflate_downsample(block2d.downsample)
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+    # The residual wiring does not depend on the dimensionality: reuse the 2D block's.
+    forward = BasicBlock.forward
 
 
 class Bottleneck3D(nn.Module):
@@ -124,12 +121,7 @@ class Bottleneck3D(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _inflate_downsample(block2d.downsample)
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+    forward = Bottleneck.forward
 
 
 def inflate_block(block2d: nn.Module) -> nn.Module:
