@@ -13,13 +13,13 @@ The shared object comes from one of two builds:
 """
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Optional
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from . import _build
 from .flops import apm_backward_flops, apm_forward_flops
 
 __all__ = ["is_available", "supports_device", "apm", "apm_forward", "apm_backward", "isa", "LIBRARY_ENV"]
@@ -48,7 +48,7 @@ def _load() -> Optional[str]:
         if path:
             torch.ops.load_library(path)
         else:
-            importlib.import_module("ap3d_kernels._C")
+            _build.load_or_build()  # the prebuilt ap3d_kernels._C, else compiled at first use (cached)
         torch.ops.ap3d_cpu.apm_fwd  # noqa: B018 - raises if the library registered nothing
     except (ImportError, OSError, RuntimeError, AttributeError) as exc:
         where = f"{LIBRARY_ENV}={path}" if path else "the extension ap3d_kernels._C"

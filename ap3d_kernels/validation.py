@@ -61,7 +61,8 @@ def check_apm_args(
     """Validate the arguments of ``apm``; returns the normalised ``(scale, time_dim)``."""
     _check_tensor("x", x, ndim=5, expected="[B, C, T, H, W]")
     B, C, T, H, W = x.shape
-    if min(B, C, T, H, W) == 0:
+    # not min(...): under torch.export's symbolic sizes, min() of a dynamic batch and a fixed C guards batch <= C
+    if any(d == 0 for d in (B, C, T, H, W)):
         raise ValueError(f"x must have no empty dimension ([B, C, T, H, W] all >= 1), got {_describe(x)}")
     _check_tensor("g_weight", g_weight, ndim=2, expected=f"[Ck, C={C}]")
     ck = g_weight.shape[0]

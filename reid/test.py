@@ -20,6 +20,7 @@ from .engine.config import ConfigError, build_parser, config_from_dict, load_con
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
 from .engine.reporting import setup_logger
 from .engine.trainer import build_data, build_network
+from .plot import plot_results_file
 
 
 def _extra(parser):
@@ -59,6 +60,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
         stem = os.path.splitext(os.path.basename(path))[0]
         write_json(result, os.path.join(ckpt_dir, f"{stem}.results.json"))
         log.info(format_results(result, title=f"Test ({os.path.basename(path)}, epoch {ckpt['epoch']})"))
+        log.info(f"CMC plot: {plot_results_file(os.path.join(ckpt_dir, f'{stem}.results.json'))}")
     return result
 
 
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
             )
             write_json(mean, out)
             print(format_results(mean, title=f"Mean over {len(results)} checkpoints"))
-            print(f"written: {out}")
+            print(f"written: {out}, {plot_results_file(out)}")
         return 0
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
         # user errors (bad value, missing or malformed data, unreadable checkpoint): the message, no traceback

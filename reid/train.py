@@ -7,6 +7,7 @@ configuration or checkpoint, 2 when the loss became non-finite.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 from .engine import distributed as du
@@ -26,6 +27,10 @@ def main(argv=None) -> int:
     try:
         info = du.init_distributed(cfg.device)
         train(cfg, info)
+        if info.is_main:
+            from .plot import write_run_plots
+
+            logging.getLogger("reid").info("plots: " + ", ".join(write_run_plots(cfg.output_dir)))
         return 0
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)

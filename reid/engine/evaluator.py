@@ -7,7 +7,8 @@
 * Under torchrun every rank extracts a disjoint share of the tracklets; the per-tracklet
   features are gathered (variable row counts) so that every rank holds the full matrices, and
   rank 0 computes the metrics.
-* CMC rank-1/5/10/20, mAP and mINP with the junk rule; optional k-reciprocal re-ranking.
+* CMC rank-1/5/10/20, mAP and mINP with the junk rule; optional k-reciprocal re-ranking. The
+  result also holds the whole CMC curve (``"cmc"``: ranks 1..50) that ``reid.plot`` draws.
 * iLIDS-VID / PRID: one model per split; :func:`mean_over_splits` averages the split results.
 """
 from __future__ import annotations
@@ -26,9 +27,12 @@ import torch
 from ..metrics import evaluate_ranking, k_reciprocal_rerank
 from . import distributed as du
 
-__all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS"]
+__all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS",
+           "CMC_RANKS"]
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+# results.json holds the whole CMC curve, ranks 1..CMC_RANKS ("cmc"), for plotting
+CMC_RANKS = 50
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -118,7 +122,7 @@ def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -
     g_pids = [t.pid for t in dataset.gallery]
     q_cams = [t.camid for t in dataset.query]
     g_cams = [t.camid for t in dataset.gallery]
-    ranking = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, q_feats=qf, g_feats=gf, max_rank=20)
+    ranking = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, q_feats=qf, g_feats=gf, max_rank=CMC_RANKS)
     result = {
         "dataset": getattr(dataset, "name", cfg.dataset),
         "protocol": getattr(dataset, "protocol", ""),
@@ -127,15 +131,17 @@ def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -
         "num_gallery": len(g_pids),
         "distance": "cosine",
         "metrics": ranking.as_dict(),
+        "cmc": ranking.cmc.tolist(),
     }
     if cfg.rerank:
         distmat = k_reciprocal_rerank(qf, gf, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda)
-        rr = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, distmat=distmat, max_rank=20)
+        rr = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, distmat=distmat, max_rank=CMC_RANKS)
         result["rerank"] = {
             "k1": cfg.rerank_k1,
             "k2": cfg.rerank_k2,
             "lambda": cfg.rerank_lambda,
             "metrics": rr.as_dict(),
+            "cmc": rr.cmc.tolist(),
         }
     result["eval_time_s"] = round(time.time() - t0, 2)
     return result
@@ -164,8 +170,12 @@ def mean_over_splits(results: Sequence[dict]) -> dict:
         "metrics": {k: mean(("metrics", k)) for k in METRIC_KEYS if k in results[0]["metrics"]},
         "std": {k: float(np.std([r["metrics"][k] for r in results])) for k in METRIC_KEYS if k in results[0]["metrics"]},
     }
+    if all("cmc" in r for r in results):
+        out["cmc"] = np.mean([r["cmc"] for r in results], axis=0).tolist()
     if all("rerank" in r for r in results):
         out["rerank"] = {"metrics": {k: mean(("rerank", "metrics", k)) for k in METRIC_KEYS}}
+        if all("cmc" in r["rerank"] for r in results):
+            out["rerank"]["cmc"] = np.mean([r["rerank"]["cmc"] for r in results], axis=0).tolist()
     return out
 
 
