@@ -16,7 +16,7 @@ from reid.inference import load_trained_model
 from reid.metrics import feature_distance, rank_gallery
 from reid.search import FlatIndex
 
-from .conftest import TINY_DATA, run_module
+from tool_helpers import TINY_DATA, run_module
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from reid import plot
 from reid.engine.evaluator import CMC_RANKS, write_json
 from reid.metrics import evaluate_ranking
 
-from .conftest import run_module
+from tool_helpers import run_module
 
 
 def png_size(path):
