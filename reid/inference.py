@@ -81,6 +81,9 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 def inference_overrides(args: argparse.Namespace) -> dict:
     """Config overrides from :func:`add_checkpoint_arguments`' options."""
     out = {}
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag}: got {value}, expected an integer >= {least}")
     if args.batch_size is not None:
         out["test_batch_size"] = args.batch_size
     if args.num_workers is not None:
