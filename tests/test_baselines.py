@@ -343,7 +343,7 @@ def test_resnet50_parameter_counts_against_table_2():
     # CA-NL: the paper gives no layers. Table 2's +1.88M over NL is about C^2 / 2 per block; the
     # gate of two C/2 -> C/2 maps (and w) gives C^2 / 2 + C / 2: 32.71M, not 32.75M. No gate of
     # 1x1 convs gives both that count and Table 2's small +0.18 GFLOPs, so 32.71 stands
-    # (ap3d_kernels/modules/contrastive_nonlocal.py, README "Models").
+    # (ap3d_kernels/modules/contrastive_nonlocal.py; README, "Model family vs the paper's Tables 1/2").
     gate = sum(c * c // 2 + c // 2 for c in RESNET50_NL_CHANNELS)
     ours = count_parameters(meta_model("ca_nl"))
     assert ours == nl + gate and f"{ours / 1e6:.2f}" == "32.71"
