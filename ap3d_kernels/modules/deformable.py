@@ -17,6 +17,9 @@ read in place and the block is I3D; the main conv holds the 2D kernel in its cen
 also computes the 2D conv on every frame. The offsets start to learn once the non-centre taps
 have moved away from zero (their gradient flows through those taps), as APM's weights do.
 
+On CUDA, ``grid_sample``'s backward accumulates with atomics, so its gradients are not bitwise
+reproducible from run to run (on CPU they are).
+
 Parameters: I3D's plus the offset conv, ``C_in * N * k * k * 2 (N - 1) + 2 (N - 1)``. On
 ResNet-50 at the paper's five positions this gives 27.75M, Table 2's count (I3D: 27.64M).
 """
