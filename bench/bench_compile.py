@@ -8,7 +8,7 @@ One training step is what ``reid.train`` does per batch: forward of a batch of P
 (default 8 x 4 clips of 4 x 128 x 64, the default config), cross-entropy + triplet loss,
 backward, Adam step. The same model and data (fixed random clips) are run eagerly and through
 ``torch.compile(model)``; the compiled version's first step includes the compilation, which is
-reported separately. After ``--warmup`` steps of each, eager and compiled steps alternate
+reported separately (timed with an empty inductor cache unless ``--warm-cache``). After ``--warmup`` steps of each, eager and compiled steps alternate
 (``--steps`` of each) so that the load of a shared machine weighs on both alike; the medians are
 compared.
 Results are printed and written as JSON to ``--out`` (default bench/results/compile_<device>.json).
@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 
@@ -99,8 +100,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--mode", default="default", help="torch.compile mode")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="use inductor's usual on-disk cache (default: an empty one, so compilation is timed cold)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if not args.warm_cache:  # read by inductor when it compiles, so setting it here is in time
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_compile_inductor_")
     load0 = os.getloadavg()[0]
     res = run(args)
     speedup = res["eager_median_s"] / res["compiled_median_s"]

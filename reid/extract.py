@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -203,14 +203,15 @@ def _draw_series(ax, runs: Sequence[RunHistory], key: str, title: str, scale: fl
         ax.legend(fontsize="small")
 
 
-def _draw_evals(ax, runs: Sequence[RunHistory], metric: str, title: str) -> None:
+def _draw_evals(ax, runs: Sequence[RunHistory], metrics: Sequence[str], title: str) -> None:
+    """Evaluation metrics (percent) by epoch: one colour per run, one line style per metric."""
     for i, run in enumerate(runs):
-        series = run.evals.get(metric)
-        if not series:
-            continue
-        epochs = sorted(series)
-        label = run.name if len(runs) > 1 else metric
-        ax.plot(epochs, [100 * series[e] for e in epochs], "o-", color=f"C{i}", label=label)
+        for metric, style in zip(metrics, ("o-", "s--", "^:")):
+            series = run.evals.get(metric)
+            if series:
+                epochs = sorted(series)
+                label = metric if len(runs) == 1 else run.name if len(metrics) == 1 else f"{run.name} {metric}"
+                ax.plot(epochs, [100 * series[e] for e in epochs], style, color=f"C{i}", label=label)
     ax.set(xlabel="epoch", ylabel="%", title=title)
     ax.grid(alpha=0.3)
     if ax.lines:
@@ -231,17 +232,7 @@ def training_figure(runs: Sequence[RunHistory]):
     _draw_series(axes[0], runs, "loss", "training loss", parts=("ce", "triplet"))
     _draw_series(axes[1], runs, "acc", "training accuracy (%)", scale=100.0)
     _draw_series(axes[2], runs, "lr", "learning rate", log=True)
-    for i, run in enumerate(runs):
-        for metric, style in (("mAP", "o-"), ("rank1", "s--")):
-            series = run.evals.get(metric)
-            if series:
-                epochs = sorted(series)
-                label = metric if len(runs) == 1 else f"{run.name} {metric}"
-                axes[3].plot(epochs, [100 * series[e] for e in epochs], style, color=f"C{i}", label=label)
-    axes[3].set(xlabel="epoch", ylabel="%", title="evaluation mAP and rank-1")
-    axes[3].grid(alpha=0.3)
-    if axes[3].lines:
-        axes[3].legend(fontsize="small")
+    _draw_evals(axes[3], runs, ("mAP", "rank1"), "evaluation mAP and rank-1")
     return fig
 
 
@@ -251,8 +242,8 @@ def comparison_figure(runs: Sequence[RunHistory]):
     _draw_series(axes[0], runs, "loss", "training loss")
     _draw_series(axes[1], runs, "acc", "training accuracy (%)", scale=100.0)
     _draw_series(axes[2], runs, "lr", "learning rate", log=True)
-    _draw_evals(axes[3], runs, "mAP", "evaluation mAP")
-    _draw_evals(axes[4], runs, "rank1", "evaluation rank-1")
+    _draw_evals(axes[3], runs, ("mAP",), "evaluation mAP")
+    _draw_evals(axes[4], runs, ("rank1",), "evaluation rank-1")
     _draw_cmc(axes[5], runs)
     return fig
 

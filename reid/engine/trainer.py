@@ -232,6 +232,8 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:  # training steps only: evaluation feeds clips of every length, which would recompile
+        train_model = torch.compile(train_model)
     tb = TensorBoard(out_dir, enabled=main)
     step_log = open(os.path.join(out_dir, STEP_LOG_NAME), "a") if main else None
     if main:

@@ -3,7 +3,6 @@ tracklets in the evaluator's order, framed green (match), red (wrong) or grey (j
 import os
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
