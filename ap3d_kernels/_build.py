@@ -125,13 +125,29 @@ def _prebuilt_problem() -> Optional[str]:
     return None
 
 
+_outcome: Optional[BuildStatus | ImportError] = None  # once per process: a library loads only once
+
+
 def load_or_build() -> BuildStatus:
     """Load the fused CPU operators (registering ``torch.ops.ap3d_cpu.*``); compile them first if needed.
 
     Order: the prebuilt ``ap3d_kernels._C``; else the first-use build for this torch (cached, or
     compiled now, with a message on stderr). Raises ``ImportError`` saying why neither worked and
-    what to do.
+    what to do. Later calls in the same process return (or raise) the first call's outcome: loading
+    the operators twice would register them twice, which torch rejects.
     """
+    global _outcome
+    if _outcome is None:
+        try:
+            _outcome = _load_or_build()
+        except ImportError as exc:
+            _outcome = exc
+    if isinstance(_outcome, ImportError):
+        raise ImportError(str(_outcome))
+    return _outcome
+
+
+def _load_or_build() -> BuildStatus:
     prebuilt_error = _prebuilt_problem()
     if prebuilt_error is None:
         try:

@@ -72,7 +72,8 @@ def test_cache_directory_is_keyed_by_torch_version_and_sources(tmp_path, monkeyp
 def test_the_checkouts_own_prebuilt_extension_is_used():
     if not glob.glob(os.path.join(REPO, "ap3d_kernels", "_C*.so")):
         pytest.skip("the extension is not built in this checkout (pip install --no-build-isolation -e .)")
-    code = "from ap3d_kernels._build import load_or_build; s = load_or_build(); print(s.source, s.path)"
+    code = ("from ap3d_kernels._build import load_or_build; s = load_or_build()\n"
+            "assert load_or_build() is s  # once per process\nprint(s.source, s.path)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": REPO})
     assert proc.returncode == 0, proc.stderr

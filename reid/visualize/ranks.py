@@ -138,6 +138,8 @@ def rank_tiles(order: np.ndarray, dist: np.ndarray, kinds: np.ndarray, gallery, 
 
 
 def _pick_queries(num_queries: int, total: int, explicit: Optional[Sequence[int]]) -> list[int]:
+    if total == 0:
+        raise ValueError("the dataset has no query tracklets to draw")
     if explicit:
         bad = [i for i in explicit if not 0 <= i < total]
         if bad:
