@@ -151,7 +151,7 @@ def user_run(python, cwd, cache):
     proc = subprocess.run([python, "-c", VENV_CHECK], cwd=str(cwd), capture_output=True, text=True, timeout=1200,
                           env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    _, source, module_file, err, _ = proc.stdout.split("STATUS")[1].split()
+    source, module_file, err, _seconds = proc.stdout.split("STATUS")[1].split()
     return source, module_file, float(err), proc.stderr
 
 
