@@ -84,7 +84,7 @@ class Config:
     eval_every: int = _f(0, "evaluate every N epochs and keep the best checkpoint by mAP (0 = only at the end)", "run")
     log_every: int = _f(10, "steps between log-file lines", "run")
     threads: int = _f(0, "torch CPU threads per process (0 = leave torch's default)", "run")
-    compile: bool = _f(False, "torch.compile the training network: ~1.2x faster steps on CPU after minutes of "
+    compile: bool = _f(False, "torch.compile the training network: up to ~1.2x faster steps on CPU, after minutes of "
                        "compilation, so for long runs (README, bench/bench_compile.py); evaluation stays eager", "run")
     # --- evaluation ---------------------------------------------------------------------------
     rerank: bool = _f(False, "also report k-reciprocal re-ranking", "test")
