@@ -110,6 +110,26 @@ def test_no_command_line_accepts_a_prefix_of_a_flag(argv, misspelt):
     assert f"unrecognized arguments: {misspelt}" in err
 
 
+def test_every_argument_parser_of_the_project_turns_prefix_matching_off():
+    """The same guarantee for the parsers the test above does not run (and any added later)."""
+    import ast
+    import glob
+
+    sources = glob.glob(os.path.join(REPO, "reid", "**", "*.py"), recursive=True)
+    sources += glob.glob(os.path.join(REPO, "bench", "*.py")) + glob.glob(os.path.join(REPO, "scripts", "*.py"))
+    parsers = []
+    for path in sources:
+        with open(path) as fh:
+            tree = ast.parse(fh.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "ArgumentParser":
+                flags = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(flags.get("allow_abbrev"), ast.Constant) and flags["allow_abbrev"].value is False
+                parsers.append((os.path.relpath(path, REPO), node.lineno, ok))
+    assert len(parsers) >= 5, parsers
+    assert [p for p in parsers if not p[2]] == []
+
+
 def test_frames_directly_under_identity_folders_fail_verification(tmp_path):
     root = make_folder(str(tmp_path), {"train": [(1, "c0", 2), (2, "c1", 2)], "query": [(3, "c0", 2)],
                                        "gallery": [(3, "c1", 2)]})
