@@ -12,7 +12,9 @@ Large folders: tracklets are processed in shards of ``--shard-size``. Each finis
 written atomically to ``<out>.parts/``; an interrupted run started again with the same command
 skips the shards already done. When all are done they are joined into ``--out`` and the parts
 are removed. A parts folder started with another checkpoint, frame size or tracklet list is
-never mixed in: the run stops and names what differs (``--restart`` discards it).
+never mixed in: the run stops and names what differs (``--restart`` discards it). A folder none
+of whose frames can be read is left out (as the evaluator leaves such tracklets out), named in
+a warning and in ``meta["unreadable"]``.
 
 The output ``.npz`` holds ``features`` [N, D] float32, ``paths`` [N] (absolute tracklet
 folders), ``num_frames`` [N] and ``meta`` (JSON: checkpoint, arch, frame size, clip length, ...).
@@ -153,6 +155,8 @@ def extract_folder(loaded, root: str, out: str, shard_size: int = 1024, restart:
     """Extract every tracklet folder under ``root`` into ``out`` (resumable; see the module docstring)."""
     from tqdm import tqdm
 
+    from reid.data import Tracklet, unreadable_tracklets
+
     if shard_size < 1:
         raise ValueError(f"--shard-size: got {shard_size}, expected >= 1")
     found = find_tracklets(root)
@@ -168,7 +172,7 @@ def extract_folder(loaded, root: str, out: str, shard_size: int = 1024, restart:
     bar = tqdm(total=len(found), initial=sum(len(s) for s, d in zip(shards, done) if d), unit="tracklet",
                desc="tracklets", dynamic_ncols=True, disable=None if progress else True)
     t0 = time.time()
-    features = []
+    features, readable = [], []
     for k, shard in enumerate(shards):
         path = os.path.join(parts, f"shard_{k:06d}.npz")
         if done[k]:
@@ -176,17 +180,29 @@ def extract_folder(loaded, root: str, out: str, shard_size: int = 1024, restart:
                 if [str(p) for p in data["paths"]] != [d for d, _ in shard]:
                     raise ValueError(f"{path} does not hold the tracklets of shard {k}; pass --restart to discard {parts}")
                 features.append(data["features"])
+                readable.append(data["readable"])
             continue
-        feats = extract_tracklet_features(loaded.model, [frames for _, frames in shard], cfg, device,
+        frame_lists = [frames for _, frames in shard]
+        feats = extract_tracklet_features(loaded.model, frame_lists, cfg, device,
                                           progress=progress, desc=f"shard {k + 1}/{len(shards)}")
-        _atomic_savez(path, features=feats, paths=np.array([d for d, _ in shard], dtype=str))
+        # a folder none of whose frames could be read gives a blank clip's feature: left out, as the evaluator does
+        ok = np.ones(len(shard), dtype=bool)
+        ok[unreadable_tracklets([Tracklet(tuple(f), -1, -1) for f in frame_lists])] = False
+        _atomic_savez(path, features=feats, paths=np.array([d for d, _ in shard], dtype=str), readable=ok)
         features.append(feats)
+        readable.append(ok)
         bar.update(len(shard))
     bar.close()
+    keep = np.concatenate(readable)
+    left_out = [d for (d, _), ok in zip(found, keep) if not ok]
+    if left_out:
+        print(f"warning: {len(left_out)} tracklet folder(s) with no readable frame left out (first: {left_out[0]})",
+              file=sys.stderr)
     meta = {key: manifest[key] for key in ("format", "checkpoint", "arch", "height", "width", "test_clip_len", "amp", "root")}
     meta.update(epoch=loaded.epoch, feature_dim=int(features[0].shape[1]), distance="cosine",
-                created=time.strftime("%Y-%m-%d %H:%M:%S"))
-    fs = FeatureSet(np.concatenate(features), [d for d, _ in found], np.array([len(f) for _, f in found]), meta)
+                created=time.strftime("%Y-%m-%d %H:%M:%S"), unreadable=left_out)
+    fs = FeatureSet(np.concatenate(features)[keep], [d for (d, _), ok in zip(found, keep) if ok],
+                    np.array([len(f) for (_, f), ok in zip(found, keep) if ok]), meta)
     save_features(out, fs)
     shutil.rmtree(parts)  # the joined file is complete on disk (atomic write) before the parts go
     if progress:

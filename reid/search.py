@@ -73,6 +73,7 @@ def _query_features(query: str, gallery: FeatureSet, checkpoint: Optional[str], 
         return load_features(query)
     if not os.path.isdir(query):
         raise FileNotFoundError(f"--query: {query} is neither a tracklet folder nor a features file")
+    from .data import Tracklet, unreadable_tracklets
     from .extract import extract_tracklet_features
     from .inference import load_trained_model, resolve_device
 
@@ -90,6 +91,9 @@ def _query_features(query: str, gallery: FeatureSet, checkpoint: Optional[str], 
             raise ValueError(f"the gallery was extracted with {key}={gallery.meta[key]}, the checkpoint's is "
                              f"{getattr(loaded.cfg, key)}: features would not be comparable")
     feats = extract_tracklet_features(loaded.model, [frames for _, frames in found], loaded.cfg, dev, progress=progress)
+    bad = unreadable_tracklets([Tracklet(frames, -1, -1) for _, frames in found])
+    if bad:
+        raise ValueError(f"--query: no frame of {found[bad[0]][0]} could be read, so it has no appearance to search with")
     return FeatureSet(feats, [d for d, _ in found], np.array([len(f) for _, f in found]), dict(gallery.meta))
 
 

@@ -139,6 +139,21 @@ def test_shards_of_a_different_extraction_are_never_mixed_in(trained, tiny_run, 
     assert len(extract_folder(trained, root, out, shard_size=5, restart=True, progress=False)) == 20
 
 
+def test_a_folder_without_a_readable_frame_is_left_out_and_named(trained, tiny_run, tmp_path):
+    import shutil
+
+    good = [d for d, _ in find_tracklets(os.path.join(tiny_run[1], "gallery"))][:2]
+    for i, d in enumerate(good):
+        shutil.copytree(d, tmp_path / "mine" / f"t{i}")
+    (tmp_path / "mine" / "t9").mkdir()
+    for i in range(3):
+        (tmp_path / "mine" / "t9" / f"{i}.jpg").write_bytes(b"not a jpeg")
+    fs = extract_folder(trained, str(tmp_path / "mine"), str(tmp_path / "f.npz"), progress=False)
+    assert fs.paths == [str(tmp_path / "mine" / "t0"), str(tmp_path / "mine" / "t1")]
+    assert fs.meta["unreadable"] == [str(tmp_path / "mine" / "t9")] and fs.features.shape[0] == 2
+    assert load_features(str(tmp_path / "f.npz")).paths == fs.paths
+
+
 def test_bad_input_is_named(tmp_path, tiny_run):
     ckpt = os.path.join(tiny_run[0], "model_best.pth")
     proc = run_module("reid.extract", "--checkpoint", ckpt, "--root", tmp_path / "missing", "--out", tmp_path / "x.npz",
