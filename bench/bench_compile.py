@@ -8,9 +8,9 @@ One training step is what ``reid.train`` does per batch: forward of a batch of P
 (default 8 x 4 clips of 4 x 128 x 64, the default config), cross-entropy + triplet loss,
 backward, Adam step. The same model and data (fixed random clips) are run eagerly and through
 ``torch.compile(model)``; the compiled version's first step includes the compilation, which is
-reported separately (timed with an empty inductor cache unless ``--warm-cache``). After ``--warmup`` steps of each, eager and compiled steps alternate
-(``--steps`` of each) so that the load of a shared machine weighs on both alike; the medians are
-compared.
+reported separately (timed with an empty inductor cache unless ``--warm-cache``). After
+``--warmup`` steps of each, eager and compiled steps alternate (``--steps`` of each) so that the
+load of a shared machine weighs on both alike; the medians are compared.
 Results are printed and written as JSON to ``--out`` (default bench/results/compile_<device>.json).
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--arch", default="ap3d_resnet18")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-identities", type=int, default=8)

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     from reid.engine.checkpoint import CheckpointError
     from reid.engine.config import ConfigError
 
-    p = argparse.ArgumentParser(prog="python -m reid.export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m reid.export", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, metavar="PTH", help="checkpoint written by reid.train")
     p.add_argument("--format", required=True, choices=("export", "onnx"), help="export: torch.export .pt2; onnx: ONNX")
     p.add_argument("--out", default=None, metavar="FILE", help="[default: the checkpoint's path with .pt2 / .onnx]")

@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     from reid.engine.config import ConfigError
     from reid.inference import add_checkpoint_arguments, inference_overrides, load_trained_model, resolve_device
 
-    p = argparse.ArgumentParser(prog="python -m reid.extract", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m reid.extract", description=__doc__.splitlines()[0], allow_abbrev=False)
     add_checkpoint_arguments(p)
     p.add_argument("--root", required=True, metavar="DIR", help="folder of tracklet folders (each holding frames)")
     p.add_argument("--out", required=True, metavar="NPZ", help="features file to write")

@@ -301,7 +301,7 @@ def _run_names(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reid.plot", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m reid.plot", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run directories written by reid.train (or *.results.json files)")
     p.add_argument("--out", default=None, metavar="PNG",

@@ -125,7 +125,7 @@ def draw_results(queries: FeatureSet, gallery: FeatureSet, dist: np.ndarray, idx
 def main(argv=None) -> int:
     from .engine.checkpoint import CheckpointError
 
-    p = argparse.ArgumentParser(prog="python -m reid.search", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m reid.search", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--gallery", required=True, metavar="NPZ", help="features file written by reid.extract")
     p.add_argument("--query", required=True, metavar="DIR_OR_NPZ", help="tracklet folder(s) or a features file")
     p.add_argument("--topk", type=int, default=10, metavar="K", help="results per query [10]")
