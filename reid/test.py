@@ -19,7 +19,7 @@ from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.config import ConfigError, build_parser, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
 from .engine.reporting import setup_logger
-from .engine.trainer import build_data, build_network
+from .engine.builders import build_data, build_network
 
 
 def _extra(parser):
