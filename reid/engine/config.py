@@ -137,10 +137,13 @@ class Config:
             bad("margin", self.margin, ">= 0")
         if self.last_stride not in (1, 2):
             bad("last_stride", self.last_stride, "1 or 2")
-        if self.stages is not None and (
-            not isinstance(self.stages, list) or not all(isinstance(x, int) and 1 <= x <= 4 for x in self.stages)
-        ):
-            bad("stages", self.stages, "a list of ResNet stages in 1..4")
+        if self.stages is not None:
+            from reid.models.video_resnet import check_stages
+
+            try:
+                check_stages("stages", self.stages)
+            except (TypeError, ValueError):
+                bad("stages", self.stages, "a list of distinct ResNet stages in 1..4")
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", self.dataset_options, "a mapping of option name to value")
         if self.pretrained is not None and not os.path.isfile(self.pretrained):
