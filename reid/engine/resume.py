@@ -9,11 +9,18 @@ import os
 from typing import Optional
 
 from .checkpoint import LAST_NAME, CheckpointError, restore_rng_state
+from .config import Config
 
 __all__ = ["RESUME_MUST_MATCH", "resolve_resume_path", "check_resumable", "restore_training_state"]
 
-# config keys that must agree between a checkpoint and the run resuming it
-RESUME_MUST_MATCH = ("dataset", "split_id", "arch", "stages", "num_blocks", "last_stride", "optimizer")
+# Config keys that must agree between a checkpoint and the run resuming it: they decide the
+# data, the shapes of the weights (APM's time_dim, apm_reduction, contrastive), what the
+# weights compute (last_stride, apm_scale) or the optimiser's state.
+RESUME_MUST_MATCH = (
+    "dataset", "split_id", "arch", "stages", "num_blocks", "last_stride", "time_dim", "apm_reduction",
+    "contrastive", "apm_scale", "optimizer",
+)
+_DEFAULTS = Config().to_dict()  # what a checkpoint written before a key existed was trained with
 
 
 def resolve_resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
@@ -28,13 +35,14 @@ def resolve_resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
 
 def check_resumable(ckpt: dict, path: str, run_config: dict, num_classes: int) -> None:
     """Refuse (CheckpointError) a checkpoint of another set-up."""
-    saved = ckpt["config"]
-    clash = [f"{k}: checkpoint {saved.get(k)!r} vs now {run_config[k]!r}" for k in RESUME_MUST_MATCH if saved.get(k) != run_config[k]]
-    if clash or ckpt["num_classes"] != num_classes:
+    saved = {**_DEFAULTS, **ckpt["config"]}
+    clash = [f"{k}: checkpoint {saved[k]!r} vs now {run_config[k]!r}" for k in RESUME_MUST_MATCH if saved[k] != run_config[k]]
+    if ckpt["num_classes"] != num_classes:
+        clash.append(f"num_classes: checkpoint {ckpt['num_classes']} vs now {num_classes}")
+    if clash:
         raise CheckpointError(
-            f"cannot resume from {path}: it was trained with a different set-up ("
-            + "; ".join(clash or [f"num_classes: checkpoint {ckpt['num_classes']} vs now {num_classes}"])
-            + ")"
+            f"cannot resume from {path}: it was trained with a different set-up ({'; '.join(clash)}). "
+            "Resume with the checkpoint's settings, or start a new run in another --output-dir."
         )
 
 
