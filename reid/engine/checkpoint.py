@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch

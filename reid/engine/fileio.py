@@ -5,12 +5,13 @@ flushed and fsync'ed, then renamed over the target with ``os.replace`` (atomic o
 the directory is fsync'ed so the rename survives a power cut. A reader therefore sees either
 the old file or the complete new one, never a half-written file. When the write fails the
 temporary file is removed and the target is untouched; a failure of the storage itself (disk
-full, read-only or immutable directory, quota) is raised as :class:`AtomicWriteError`, which
-names the file. A process killed mid-write can leave a temporary file behind:
+full, read-only or immutable directory, quota) is raised as :class:`FileWriteError`, which
+names the file (the step log, which is appended to, raises it too). A process killed mid-write can leave a temporary file behind:
 :func:`remove_stale_temporaries` deletes those on the next start.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -18,7 +19,7 @@ import tempfile
 from typing import Any, BinaryIO, Callable, Iterable
 
 __all__ = [
-    "AtomicWriteError",
+    "FileWriteError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -26,16 +27,28 @@ __all__ = [
     "atomic_torch_save",
     "temporary_pattern",
     "remove_stale_temporaries",
+    "writing",
 ]
 
 
-class AtomicWriteError(OSError):
-    """The storage refused a write (``path`` names the file; the previous version is intact)."""
+class FileWriteError(OSError):
+    """The storage refused a write of ``path`` (an atomic write leaves the previous version intact)."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"could not write {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Re-raise an OSError of the block as a :class:`FileWriteError` naming ``path``."""
+    try:
+        yield
+    except FileWriteError:
+        raise
+    except OSError as exc:
+        raise FileWriteError(path, str(exc)) from exc
 
 
 def _storage_error(exc: BaseException):
@@ -99,8 +112,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             except OSError:
                 pass
         cause = _storage_error(exc) if isinstance(exc, Exception) else None
-        if cause is not None and not isinstance(exc, AtomicWriteError):
-            raise AtomicWriteError(path, str(cause)) from exc
+        if cause is not None and not isinstance(exc, FileWriteError):
+            raise FileWriteError(path, str(cause)) from exc
         raise
     _fsync_directory(directory)
 

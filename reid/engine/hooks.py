@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional
 from . import distributed as du
 from .checkpoint import BEST_NAME, FORMAT_VERSION, LAST_NAME, atomic_save, capture_rng_state
 from .evaluator import evaluate, format_results
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, writing
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -96,14 +96,18 @@ class ProgressHook(HookBase):
     """Rank 0: a tqdm bar, one ``train_log.jsonl`` record and TensorBoard scalars per step, a log
     line every ``log_every`` steps when not on a terminal, and a summary per epoch.
 
-    On resume the step log is cut back to the checkpoint's step (records of an interrupted
-    epoch are replayed)."""
+    On resume the step log is cut back to the checkpoint's step (the steps after it are
+    replayed); a fresh run moves an earlier run's log aside instead of appending to it."""
 
     def before_train(self):
         t = self.trainer
         self.path = os.path.join(t.out_dir, STEP_LOG_NAME)
         if t.resumed_from:
             _trim_step_log(self.path, t.global_step)
+        else:
+            moved = _move_aside(self.path)
+            if moved:
+                _log().info(f"the step log of an earlier run in this directory was moved to {moved}")
         self.file = open(self.path, "a")
         from tqdm import tqdm
 
@@ -124,7 +128,8 @@ class ProgressHook(HookBase):
         now = time.time()
         clips_per_s = t.batch_size / max(now - self.t_step, 1e-9)
         self.t_step = now
-        self.file.write(json.dumps({"epoch": t.epoch, "step": t.global_step, **stats, "lr": t.lr}) + "\n")
+        with writing(self.path):  # a full disk surfaces when the buffer is written: name the file
+            self.file.write(json.dumps({"epoch": t.epoch, "step": t.global_step, **stats, "lr": t.lr}) + "\n")
         t.tb.scalars(
             t.global_step, **{f"train/{k}": v for k, v in stats.items()}, **{"train/lr": t.lr, "train/clips_per_s": clips_per_s}
         )
@@ -138,7 +143,8 @@ class ProgressHook(HookBase):
 
     def after_epoch(self):
         t = self.trainer
-        self.file.flush()
+        with writing(self.path):
+            self.file.flush()  # the epoch's records are on disk before its checkpoint
         done = t.epoch + 1
         mean = {k: v / t.steps_per_epoch for k, v in self.sums.items()}
         epoch_time = time.time() - self.t_epoch
@@ -151,8 +157,23 @@ class ProgressHook(HookBase):
         t.tb.scalars(done, **{"epoch/loss": mean["loss"], "epoch/acc": mean.get("acc", 0.0), "epoch/lr": t.lr})
 
     def after_train(self):
-        self.bar.close()
-        self.file.close()
+        for resource in (getattr(self, "bar", None), getattr(self, "file", None)):  # (if before_train got so far)
+            if resource is not None:
+                resource.close()
+
+
+def _move_aside(path: str) -> Optional[str]:
+    """Rename a non-empty ``path`` to ``<stem>.previous-<time>[-n]<ext>``; returns the new name."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    stem, ext = os.path.splitext(path)
+    base = f"{stem}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = base + ext, 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{base}-{n}{ext}"
+    os.replace(path, target)
+    return target
 
 
 def _trim_step_log(path: str, last_step: int) -> None:

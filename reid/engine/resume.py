@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .checkpoint import LAST_NAME, CheckpointError, restore_rng_state
+from .checkpoint import LAST_NAME, CheckpointError, load_model_weights, restore_rng_state
 from .config import Config
 
 __all__ = ["RESUME_MUST_MATCH", "resolve_resume_path", "check_resumable", "restore_training_state"]
@@ -34,7 +34,8 @@ def resolve_resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
 
 
 def check_resumable(ckpt: dict, path: str, run_config: dict, num_classes: int) -> None:
-    """Refuse (CheckpointError) a checkpoint of another set-up."""
+    """Refuse (CheckpointError) a checkpoint of another set-up, or one already past ``--epochs``
+    (resuming it would relabel its results and best checkpoint with a smaller epoch)."""
     saved = {**_DEFAULTS, **ckpt["config"]}
     clash = [f"{k}: checkpoint {saved[k]!r} vs now {run_config[k]!r}" for k in RESUME_MUST_MATCH if saved[k] != run_config[k]]
     if ckpt["num_classes"] != num_classes:
@@ -44,13 +45,27 @@ def check_resumable(ckpt: dict, path: str, run_config: dict, num_classes: int) -
             f"cannot resume from {path}: it was trained with a different set-up ({'; '.join(clash)}). "
             "Resume with the checkpoint's settings, or start a new run in another --output-dir."
         )
+    done, epochs = int(ckpt["epoch"]), run_config["epochs"]
+    if done > epochs:
+        raise CheckpointError(
+            f"cannot resume from {path}: that run already trained {done} epochs, more than --epochs {epochs}; "
+            f"nothing was changed. Evaluate it with `python -m reid.test --checkpoint {path}`, or give "
+            f"--epochs above {done} to train on."
+        )
 
 
 def restore_training_state(ckpt: dict, path: str, trainer) -> None:
     """Load weights, optimiser, schedule, loss scaler and RNG states into ``trainer``."""
-    trainer.model.load_state_dict(ckpt["model"])
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
-    trainer.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt.get("scaler"):
-        trainer.scaler.load_state_dict(ckpt["scaler"])
+    what = f"{trainer.cfg.arch} with {trainer.num_classes} classes"
+    load_model_weights(trainer.model, ckpt["model"], f"checkpoint {path}", what)
+    try:
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            trainer.scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its optimiser or schedule state does not fit this run's "
+            f"{trainer.cfg.optimizer} optimiser ({type(exc).__name__}: {exc})"
+        ) from exc
     restore_rng_state(ckpt["rng"])

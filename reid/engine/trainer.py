@@ -32,15 +32,15 @@ import yaml
 from ..losses import ReIDLoss
 from . import distributed as du
 from .builders import build_data, build_grad_scaler, build_network, build_optimizer_and_schedule, build_train_loader
-from .checkpoint import load_checkpoint
+from .checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from .config import Config
 from .evaluator import autocast_context, format_results, mean_over_splits, write_json
-from .fileio import atomic_write_text
-from .hooks import CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, ProgressHook, format_duration
+from .fileio import FileWriteError, atomic_write_text, remove_stale_temporaries
+from .hooks import STEP_LOG_NAME, CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, ProgressHook, format_duration
 from .reporting import TensorBoard, setup_logger
 from .resume import check_resumable, resolve_resume_path, restore_training_state
 
-__all__ = ["NonFiniteLossError", "Trainer", "train", "seed_everything", "epoch_seed"]
+__all__ = ["NonFiniteLossError", "OutputWriteError", "Trainer", "train", "seed_everything", "epoch_seed"]
 
 RESULTS_NAME = "results.json"
 CONFIG_NAME = "config.yaml"
@@ -48,6 +48,11 @@ CONFIG_NAME = "config.yaml"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class OutputWriteError(RuntimeError):
+    """A file of the run could not be written (disk full, unwritable directory); the message
+    names it, the last good checkpoint and how to continue."""
 
 
 def seed_everything(seed: int) -> None:
@@ -91,8 +96,6 @@ class Trainer:
         self.eval_result: Optional[dict] = None
         self.completed = False
         self.resumed_from = self.resume()
-        if info.is_main:  # the run's directory changes only now, once a resume was accepted
-            self._prepare_output_dir()
         self.train_model = self.model
         if info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -143,31 +146,54 @@ class Trainer:
         return path
 
     def _prepare_output_dir(self) -> None:
+        """The run's directory changes only from here on, once a resume was accepted."""
         os.makedirs(self.out_dir, exist_ok=True)
-        atomic_write_text(os.path.join(self.out_dir, CONFIG_NAME), yaml.safe_dump(self.run_config, sort_keys=False))
         log = _log()
+        run_files = [os.path.join(self.out_dir, n) for n in (LAST_NAME, BEST_NAME, RESULTS_NAME, CONFIG_NAME, STEP_LOG_NAME)]
+        for tmp in remove_stale_temporaries(run_files):
+            log.info(f"removed {tmp}, left by a write that was interrupted")
+        atomic_write_text(os.path.join(self.out_dir, CONFIG_NAME), yaml.safe_dump(self.run_config, sort_keys=False))
         log.info(self.dataset.summary() if hasattr(self.dataset, "summary") else f"dataset {self.cfg.dataset}")
         if self.resumed_from:
             log.info(f"resumed from {self.resumed_from} at epoch {self.start_epoch} (step {self.global_step})")
+            if self.start_epoch == self.cfg.epochs:
+                log.info(f"the checkpoint is at the last epoch ({self.start_epoch}): nothing left to train, evaluating it")
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Optional[dict]:
         """Train, then the final evaluation; returns it (rank 0) or None (other ranks)."""
-        self.train()
-        result = self.eval_result
-        if self.info.is_main:
-            result.update(
-                checkpoint=os.path.abspath(os.path.join(self.out_dir, "checkpoint_last.pth")),
-                best_checkpoint=os.path.abspath(os.path.join(self.out_dir, "model_best.pth")),
-                best=self.best,
-                epochs=self.cfg.epochs,
-                train_time_s=round(self.train_time, 1),
-                arch=self.cfg.arch,
-            )
-            write_json(result, os.path.join(self.out_dir, RESULTS_NAME))
-            _log().info(f"training time {format_duration(self.train_time)}; outputs in {os.path.abspath(self.out_dir)}")
+        try:
+            if self.info.is_main:
+                self._prepare_output_dir()
+            self.train()
+            result = self.eval_result
+            if self.info.is_main:
+                result.update(
+                    checkpoint=os.path.abspath(os.path.join(self.out_dir, LAST_NAME)),
+                    best_checkpoint=os.path.abspath(os.path.join(self.out_dir, BEST_NAME)),
+                    best=self.best,
+                    epochs=self.cfg.epochs,
+                    train_time_s=round(self.train_time, 1),
+                    arch=self.cfg.arch,
+                )
+                write_json(result, os.path.join(self.out_dir, RESULTS_NAME))
+                _log().info(f"training time {format_duration(self.train_time)}; outputs in {os.path.abspath(self.out_dir)}")
+        except FileWriteError as exc:
+            raise OutputWriteError(self._write_failure(exc)) from exc
         du.barrier()
         return result
+
+    def _write_failure(self, exc: FileWriteError) -> str:
+        head = f"could not write {exc.path} ({exc.reason})."
+        fix = f"Free space or make {os.path.abspath(self.out_dir)} writable, then"
+        if self.last_checkpoint is None:
+            return f"{head} No checkpoint of this run exists yet. {fix} start the run again."
+        path, epoch = self.last_checkpoint
+        own = os.path.abspath(path) == os.path.abspath(os.path.join(self.out_dir, LAST_NAME))
+        return (
+            f"{head} The last good checkpoint, {path} (epoch {epoch}), is intact. {fix} continue from "
+            f"epoch {epoch} with the same command plus --resume {'auto' if own else path}."
+        )
 
     def train(self) -> None:
         cfg = self.cfg

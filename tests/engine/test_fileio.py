@@ -10,7 +10,7 @@ import torch
 
 from reid.engine import fileio
 from reid.engine.fileio import (
-    AtomicWriteError,
+    FileWriteError,
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
@@ -60,7 +60,7 @@ def test_a_disk_full_during_torch_save_names_the_file_and_keeps_the_old_one(tmp_
 
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, fh: real_save(obj, FullDisk(fh)))
-    with pytest.raises(AtomicWriteError) as info:
+    with pytest.raises(FileWriteError) as info:
         atomic_torch_save({"epoch": 2, "w": torch.zeros(1000)}, str(path))
     assert info.value.path == str(path)
     assert str(info.value) == f"could not write {path}: [Errno 28] No space left on device"
@@ -73,7 +73,7 @@ def test_an_unwritable_directory_names_the_file(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
-    with pytest.raises(AtomicWriteError, match=r"could not write .*results.json: \[Errno 13\] Permission denied"):
+    with pytest.raises(FileWriteError, match=r"could not write .*results.json: \[Errno 13\] Permission denied"):
         atomic_write_json(str(tmp_path / "results.json"), {})
 
 
@@ -84,7 +84,7 @@ def test_a_failure_that_is_not_the_storage_is_raised_unchanged(tmp_path):
 
     with pytest.raises(RuntimeError, match="not picklable") as info:
         atomic_torch_save({"x": Unpicklable()}, str(tmp_path / "ck.pth"))
-    assert not isinstance(info.value, AtomicWriteError)
+    assert not isinstance(info.value, FileWriteError)
     assert list(tmp_path.iterdir()) == []
 
 
