@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from .datasets import build_dataset
 
     p = argparse.ArgumentParser(prog="python -m reid.data.contact_sheet", description=__doc__.splitlines()[0],
-                                allow_abbrev=False)
+                                allow_abbrev=False)  # a misspelt flag is an error, never a prefix match
     add_dataset_arguments(p)
     p.add_argument("--out", default="contact_sheet.png", help="PNG file to write")
     p.add_argument("--subset", choices=("train", "query", "gallery"), default="train")
