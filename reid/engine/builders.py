@@ -12,7 +12,12 @@ from . import distributed as du
 from .config import Config, ConfigError
 from .optim import WarmupMultiStepLR, build_optimizer
 
-__all__ = ["build_data", "build_train_loader", "build_network", "build_optimizer_and_schedule", "build_grad_scaler"]
+__all__ = ["config_values", "build_data", "build_train_loader", "build_network", "build_optimizer_and_schedule", "build_grad_scaler"]
+
+
+def config_values(cfg: Config, *keys: str) -> dict:
+    """``{key: cfg.key}``: config options handed on under their own names."""
+    return {k: getattr(cfg, k) for k in keys}
 
 
 def build_data(cfg: Config, split_id: int, info: Optional[du.DistInfo] = None):
@@ -46,17 +51,10 @@ def build_train_loader(cfg: Config, dataset, info: du.DistInfo):
         )
     loader = make_loader(
         dataset.train,
-        seq_len=cfg.seq_len,
-        stride=cfg.stride,
-        height=cfg.height,
-        width=cfg.width,
-        num_identities=cfg.num_identities,
-        num_instances=cfg.num_instances,
-        num_workers=cfg.num_workers,
-        seed=cfg.seed,
+        **config_values(cfg, "seq_len", "stride", "height", "width", "num_identities", "num_instances",
+                        "num_workers", "seed", "random_erasing"),
         rank=info.rank,
         world_size=info.world_size,
-        random_erasing=cfg.random_erasing,
     )
     steps = len(loader)
     if cfg.iters_per_epoch:
@@ -80,13 +78,8 @@ def build_network(cfg: Config, num_classes: int, pretrained: Optional[str] = Non
         cfg.arch,
         num_classes=num_classes,
         pretrained=pretrained,
-        time_dim=cfg.time_dim,
-        apm_scale=cfg.apm_scale,
-        apm_reduction=cfg.apm_reduction,
-        contrastive=cfg.contrastive,
-        detach_gate_inputs=cfg.detach_gate_inputs,
-        apm_backend=cfg.apm_backend,
-        last_stride=cfg.last_stride,
+        **config_values(cfg, "time_dim", "apm_scale", "apm_reduction", "contrastive", "detach_gate_inputs",
+                        "apm_backend", "last_stride"),
         **placement,
     )
 

@@ -31,7 +31,14 @@ import yaml
 
 from ..losses import ReIDLoss
 from . import distributed as du
-from .builders import build_data, build_grad_scaler, build_network, build_optimizer_and_schedule, build_train_loader
+from .builders import (
+    build_data,
+    build_grad_scaler,
+    build_network,
+    build_optimizer_and_schedule,
+    build_train_loader,
+    config_values,
+)
 from .checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from .config import Config
 from .evaluator import autocast_context, format_results, mean_over_splits, write_json
@@ -71,10 +78,13 @@ def _log() -> logging.Logger:
 
 
 class Trainer:
-    """Trains one split in ``out_dir``. The state hooks read: ``epoch`` (0-based, current),
-    ``inner_step`` (0-based, within the epoch), ``global_step``, ``lr`` (this epoch's), ``step_stats`` (the last step's), ``eval_result``,
-    ``best``, ``last_checkpoint``, ``completed``; the parts: ``model`` (unwrapped),
-    ``optimizer``, ``scheduler``, ``scaler``, ``dataset``, ``loader``, ``tb``."""
+    """Trains one split in ``out_dir``.
+
+    The state hooks read: ``epoch`` (0-based, current), ``inner_step`` (0-based, within the
+    epoch), ``global_step``, ``lr`` (this epoch's), ``step_stats`` (the last step's),
+    ``eval_result``, ``best``, ``last_checkpoint`` ((path, epoch) or None), ``completed``; and the
+    parts: ``model`` (unwrapped), ``optimizer``, ``scheduler``, ``scaler``, ``dataset``,
+    ``loader``, ``tb``. Nothing is written before :meth:`run`."""
 
     def __init__(self, cfg: Config, split_id: int, out_dir: str, info: du.DistInfo):
         self.cfg, self.split_id, self.out_dir, self.info = cfg, split_id, out_dir, info
@@ -106,15 +116,8 @@ class Trainer:
 
     # -- parts --------------------------------------------------------------------------------
     def build_criterion(self) -> torch.nn.Module:
-        cfg = self.cfg
-        return ReIDLoss(
-            self.num_classes,
-            ce_weight=cfg.ce_weight,
-            triplet_weight=cfg.triplet_weight,
-            margin=cfg.margin,
-            label_smoothing=cfg.label_smoothing,
-            triplet_distance=cfg.triplet_distance,
-        )
+        options = config_values(self.cfg, "ce_weight", "triplet_weight", "margin", "label_smoothing", "triplet_distance")
+        return ReIDLoss(self.num_classes, **options)
 
     def build_hooks(self) -> list[HookBase]:
         """Order matters: the schedule steps before the checkpoint saves it, and the evaluation
