@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .engine.checkpoint import CheckpointError, load_checkpoint
+from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .engine.config import Config, ConfigError, config_from_dict, load_config
 
 __all__ = ["TrainedModel", "load_trained_model", "resolve_device", "add_checkpoint_arguments", "inference_overrides"]
@@ -43,26 +43,21 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", overrides:
     ``overrides`` (config keys) or ``args`` (parsed config flags, as ``reid.test`` takes them)
     change stored values such as ``test_batch_size``, ``num_workers`` or ``root``.
     """
-    from .engine.trainer import build_network  # the trainer's factory: the same network as in training
+    from .engine.builders import build_network  # the trainer's factory: the same network as in training
 
     ckpt = load_checkpoint(path)
     try:
         base = config_from_dict(ckpt["config"], source=path)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
-    # the backbone's ImageNet file is irrelevant here: the weights come from the checkpoint
-    base = dataclasses.replace(base, pretrained=None, resume=None)
+    # the backbone's ImageNet file is irrelevant here (the weights come from the checkpoint), and so is
+    # the training machine's device
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto")
     if overrides:
         base = config_from_dict(overrides, source="overrides", base=base)
     cfg = load_config(args, base=base) if args is not None else base.validate()
     model = build_network(cfg, int(ckpt["num_classes"]), pretrained=None)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit {cfg.arch} with {ckpt['num_classes']} classes "
-            f"({str(exc).splitlines()[0]})"
-        ) from exc
+    load_model_weights(model, ckpt["model"], f"checkpoint {path}", f"{cfg.arch} with {ckpt['num_classes']} classes")
     device = torch.device(device)
     return TrainedModel(model.to(device).eval(), cfg, path, int(ckpt["epoch"]), int(ckpt["num_classes"]))
 

@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from ..functional import BACKENDS, apm, preload_backends
-from ..validation import check_scale, check_time_dim
-from ._checks import check_bool, check_positive_int, check_video_input
+from ..validation import check_bool, check_positive_int, check_scale, check_time_dim, check_video_input
 
 __all__ = ["APM"]
 

@@ -44,8 +44,8 @@ def contact_sheet(tracklets: Sequence[Tracklet], out: str, frames: int = 12, hei
 
 
 def main(argv=None) -> int:
-    from . import build_dataset
-    from .__main__ import add_dataset_arguments, dataset_options
+    from .cli import add_dataset_arguments, dataset_options
+    from .datasets import build_dataset
 
     p = argparse.ArgumentParser(prog="python -m reid.data.contact_sheet", description=__doc__.splitlines()[0],
                                 allow_abbrev=False)  # a misspelt flag is an error, never a prefix match

@@ -51,7 +51,9 @@ class Config:
     # --- model --------------------------------------------------------------------------------
     arch: str = _f("ap3d_resnet18", "network (reid.models.MODEL_NAMES)", "model")
     pretrained: Optional[str] = _f(None, "ImageNet weights file for the 2D backbone (never downloaded)", "model")
+    time_dim: int = _f(3, "temporal kernel N of the temporal blocks and APM's window (odd, >= 3)", "model")
     apm_scale: float = _f(4.0, "APM similarity scale s", "model")
+    apm_reduction: int = _f(16, "APM channel reduction: the similarity uses C // apm_reduction channels", "model")
     contrastive: bool = _f(True, "contrastive attention in APM", "model")
     apm_backend: str = _f("auto", "APM implementation: auto, reference, cpu, triton", "model")
     detach_gate_inputs: bool = _f(True, "feed the contrastive gate detached inputs (the release)", "model")
@@ -97,7 +99,7 @@ class Config:
             raise ConfigError(f"{key}: got {got!r}, expected {expected}")
 
         for key in ("seq_len", "stride", "height", "width", "num_identities", "num_instances",
-                    "test_clip_len", "test_batch_size", "epochs", "log_every"):
+                    "test_clip_len", "test_batch_size", "epochs", "log_every", "apm_reduction"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, getattr(self, key), "a positive integer")
         for key in ("num_workers", "warmup_epochs", "iters_per_epoch", "eval_every", "threads"):
@@ -138,12 +140,21 @@ class Config:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
         if self.margin < 0:
             bad("margin", self.margin, ">= 0")
+        from ap3d_kernels.validation import check_time_dim
+
+        try:
+            check_time_dim(self.time_dim)
+        except (TypeError, ValueError):
+            bad("time_dim", self.time_dim, "an odd integer >= 3")
         if self.last_stride not in (1, 2):
             bad("last_stride", self.last_stride, "1 or 2")
-        if self.stages is not None and (
-            not isinstance(self.stages, list) or not all(isinstance(x, int) and 1 <= x <= 4 for x in self.stages)
-        ):
-            bad("stages", self.stages, "a list of ResNet stages in 1..4")
+        if self.stages is not None:
+            from reid.models.video_resnet import check_stages
+
+            try:
+                check_stages("stages", self.stages)
+            except (TypeError, ValueError):
+                bad("stages", self.stages, "a list of distinct ResNet stages in 1..4")
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", self.dataset_options, "a mapping of option name to value")
         if self.pretrained is not None and not os.path.isfile(self.pretrained):

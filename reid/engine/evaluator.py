@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import time
 from typing import Optional, Sequence
 
@@ -29,6 +27,7 @@ import torch
 
 from ..metrics import evaluate_ranking, k_reciprocal_rerank
 from . import distributed as du
+from .fileio import atomic_write_json
 
 __all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS",
            "CMC_RANKS"]
@@ -273,10 +272,5 @@ def _excluded_lines(excluded: Optional[dict], max_named: int = 5) -> list[str]:
 
 
 def write_json(obj: dict, path: str) -> None:
-    """Write JSON atomically (temporary file then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (see :mod:`reid.engine.fileio`)."""
+    atomic_write_json(path, obj)

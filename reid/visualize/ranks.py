@@ -204,7 +204,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     from reid.engine.checkpoint import CheckpointError
     from reid.engine.config import ConfigError, build_parser
-    from reid.engine.trainer import build_data
+    from reid.engine.builders import build_data
     from reid.inference import load_trained_model, resolve_device
 
     parser = build_parser("Draw ranked gallery tracklets of some queries (any config flag overrides the checkpoint's).",

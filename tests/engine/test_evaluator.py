@@ -1,6 +1,5 @@
 """Evaluator: frame-weighted tracklet features, MARS-scale ranking, split means, the table."""
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -49,10 +48,8 @@ def test_mars_sized_ranking_runs_in_chunks():
     q_pids = g_pids[rng.choice(ng, nq, replace=False)]
     qf = torch.from_numpy(rng.standard_normal((nq, d), dtype=np.float32))
     gf = torch.from_numpy(rng.standard_normal((ng, d), dtype=np.float32))
-    t = time.time()
     r = evaluate_ranking(q_pids, g_pids, rng.integers(0, 6, nq), rng.integers(0, 6, ng), q_feats=qf, g_feats=gf)
     assert r.num_queries == nq and 0 <= r.mAP <= 1
-    assert time.time() - t < 60
 
 
 def split_result(split, r1, mAP):

@@ -43,7 +43,7 @@ def refused(proc, code=1):
 # ---------------------------------------------------------------- item 1: corrupted checkpoint
 def test_reid_test_refuses_a_checkpoint_with_a_flipped_byte(tiny_config, tmp_path):
     from reid.engine.checkpoint import FORMAT_VERSION, load_checkpoint
-    from reid.engine.trainer import build_network
+    from reid.engine.builders import build_network
 
     cfg = tiny_config(tmp_path, arch="c2d_resnet18")
     model = build_network(cfg, num_classes=8)
