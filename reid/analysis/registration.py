@@ -35,10 +35,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ap3d_kernels import APM
-
 from .apm_probe import capture_apm, neighbour_offsets, registration_weights, semantic_queries
 from .correspondence import FeatureGrid, correspondence, tracklet_boxes
+from .loading import analysis_device, load_network
 
 __all__ = ["RegistrationTally", "score_registration", "evaluate_registration", "format_table", "main"]
 
@@ -237,62 +236,23 @@ def _select(tracklets: list, n: int) -> list:
     return [tracklets[i] for i in np.unique(np.linspace(0, len(tracklets) - 1, n).round().astype(int))]
 
 
-def _device(cfg) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: got 'cuda', but no CUDA device is available")
-    return torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def _networks(path: str, args):
-    """Yield (weights label, model, cfg, misalignment) for a checkpoint: trained, then (with --init)
-    the initial weights."""
-    from reid.data import SyntheticConfig
-    from reid.engine.checkpoint import CheckpointError, load_checkpoint
-    from reid.engine.config import ConfigError, config_from_dict, load_config
-    from reid.engine.trainer import build_network, seed_everything
-
-    ckpt = load_checkpoint(path)
-    try:
-        stored = config_from_dict(ckpt["config"], source=path)
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
-    # The stored 2D weights file matters only for the initialisation.
-    cfg = load_config(args, base=dataclasses.replace(stored, resume=None,
-                                                      pretrained=stored.pretrained if args.init else None))
-    if cfg.dataset != "synthetic":
-        raise ValueError(f"dataset: got {cfg.dataset!r}; registration accuracy needs the ground truth of 'synthetic'")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    misalignment = float(cfg.dataset_options.get("misalignment", SyntheticConfig().misalignment))
-    num_classes = int(ckpt["num_classes"])
-    model = build_network(cfg, num_classes, pretrained=None)
-    if not any(isinstance(m, APM) for m in model.modules()):
-        raise ValueError(f"checkpoint {path}: {cfg.arch} has no APM module, so there is no registration to score "
-                         f"(an AP-network such as ap3d_resnet18 expected)")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: its weights do not fit {cfg.arch} "
-                              f"({str(exc).splitlines()[0]})") from exc
-    yield f"trained (epoch {ckpt['epoch']})", model, cfg, misalignment
-    if args.init:
-        seed_everything(cfg.seed)  # exactly what reid.train does before building the network
-        label = "init" + (" (pretrained 2D)" if cfg.pretrained else "")
-        yield label, build_network(cfg, num_classes, cfg.pretrained), cfg, misalignment
-
-
 def run(args) -> dict:
     from reid.engine.trainer import build_data
 
     rows, datasets = [], {}
     for path in args.checkpoint:
-        for weights, model, cfg, misalignment in _networks(path, args):
+        for initial in (False, True) if args.init else (False,):
+            net = load_network(path, args, initial=initial)
+            model, cfg, weights, misalignment = net.model, net.cfg, net.weights, net.misalignment
+            if cfg.dataset != "synthetic":
+                raise ValueError(f"dataset: got {cfg.dataset!r}; registration accuracy needs the ground truth of "
+                                 f"'synthetic'")
             key = (cfg.root, json.dumps(cfg.dataset_options, sort_keys=True))
             if key not in datasets:
                 datasets[key] = build_data(cfg, int(cfg.split_id))
             ds = datasets[key]
             tracklets = _select(ds.query + ds.gallery, args.num_tracklets)
-            device = _device(cfg)
+            device = analysis_device(cfg)
             t0 = time.perf_counter()
             result = evaluate_registration(model.to(device), tracklets, height=cfg.height, width=cfg.width,
                                            clip_len=cfg.test_clip_len, max_frames=args.max_frames, device=device,
