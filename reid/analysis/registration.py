@@ -53,6 +53,7 @@ class RegistrationTally:
     apm_distance: float = 0.0       # sum of |E_P[pos] - truth| (cells)
     apm_mass: float = 0.0           # sum of P's mass within 1 cell of the truth
     identity_within: int = 0
+    identity_exact: int = 0
     identity_distance: float = 0.0
     uniform_within: float = 0.0     # expected count for a match drawn uniformly at random
     uniform_distance: float = 0.0
@@ -73,6 +74,7 @@ class RegistrationTally:
             "apm_distance": rate(self.apm_distance),
             "apm_mass_within_1": rate(self.apm_mass),
             "identity_within_1": rate(self.identity_within),
+            "identity_exact": rate(self.identity_exact),
             "identity_distance": rate(self.identity_distance),
             "uniform_within_1": rate(self.uniform_within),
             "uniform_distance": rate(self.uniform_distance),
@@ -118,6 +120,7 @@ def score_registration(P: torch.Tensor, target, valid, grid_shape: Sequence[int]
         apm_distance=float((expected - target).norm(dim=-1)[v].sum()),
         apm_mass=float((P.double() * near).sum(dim=-1)[v].sum()),
         identity_within=int((chebyshev(pos.expand(n, HW, 2)) <= 1)[v].sum()),
+        identity_exact=int((chebyshev(pos.expand(n, HW, 2)) == 0)[v].sum()),
         identity_distance=float((pos - target).norm(dim=-1)[v].sum()),
         uniform_within=float(block[v].sum()),
         uniform_distance=float((pos.mean(dim=0) - target).norm(dim=-1)[v].sum()),

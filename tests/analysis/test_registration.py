@@ -46,6 +46,7 @@ def test_a_p_that_follows_the_true_shift_scores_perfectly(shift):
     dr, dc = shift
     assert s["identity_distance"] == pytest.approx(np.hypot(dr, dc))
     assert s["identity_within_1"] == (1.0 if max(abs(dr), abs(dc)) <= 1 else 0.0)
+    assert s["identity_exact"] == (1.0 if shift == (0, 0) else 0.0)
 
 
 def test_identity_p_scores_like_the_identity_baseline():
