@@ -150,6 +150,21 @@ def _read_clip(paths: Sequence[str], transform):
     return transform(frames)
 
 
+def _score_call(call, boxes: np.ndarray, input_hw) -> tuple[FeatureGrid, RegistrationTally]:
+    """Score one captured APM call on one clip (batch of 1; ``boxes``: the clip's frames' boxes)."""
+    x = call.input.float().cpu()
+    grid = FeatureGrid.from_shapes(x.shape[-2:], input_hw)
+    q = semantic_queries(x, call.module.semantic_mapping.weight.detach().float().cpu())
+    tally = RegistrationTally()
+    for offset in neighbour_offsets(call.module.time_dim):
+        P, centres = registration_weights(q, offset, float(call.module.scale))
+        if len(centres) == 0:  # a clip shorter than the offset
+            continue
+        truth = [correspondence(boxes[t], boxes[t + offset], grid) for t in centres.tolist()]
+        tally += score_registration(P[0], np.stack([t for t, _ in truth]), np.stack([v for _, v in truth]), grid.shape)
+    return grid, tally
+
+
 @torch.no_grad()
 def evaluate_registration(model: torch.nn.Module, tracklets, *, height: int, width: int, clip_len: int = 32,
                           max_frames: int = 32, device="cpu", progress: bool = False) -> dict:
@@ -188,20 +203,10 @@ def evaluate_registration(model: torch.nn.Module, tracklets, *, height: int, wid
                 with capture_apm(model) as calls:
                     model(clip.unsqueeze(0).to(device))
                 for call in calls:
-                    x = call.input.float().cpu()
-                    grid = FeatureGrid.from_shapes(x.shape[-2:], (height, width))
+                    grid, tally = _score_call(call, boxes[start:end], (height, width))
                     grids[call.name] = [grid.height, grid.width, grid.stride]
                     stage_of[call.name] = call.stage
-                    q = semantic_queries(x, call.module.semantic_mapping.weight.detach().float().cpu())
-                    tally = blocks.setdefault(call.name, RegistrationTally())
-                    for offset in neighbour_offsets(call.module.time_dim):
-                        P, centres = registration_weights(q, offset, float(call.module.scale))
-                        if len(centres) == 0:
-                            continue
-                        truth = [correspondence(boxes[start + t], boxes[start + t + offset], grid)
-                                 for t in centres.tolist()]
-                        tally += score_registration(P[0], np.stack([t for t, _ in truth]),
-                                                    np.stack([v for _, v in truth]), grid.shape)
+                    blocks.setdefault(call.name, RegistrationTally()).__iadd__(tally)
     finally:
         model.train(was_training)
     stages: dict[int, RegistrationTally] = {}
