@@ -45,6 +45,8 @@ __all__ = [
     "FeatureGrid",
     "correspondence",
     "load_annotations",
+    "find_synthetic_root",
+    "synthetic_manifest",
     "tracklet_boxes",
 ]
 
@@ -160,12 +162,24 @@ def load_annotations(root: str) -> dict:
     return data
 
 
-def _find_root(directory: str, max_levels: int = 4) -> Optional[str]:
+def find_synthetic_root(path: str, max_levels: int = 5) -> Optional[str]:
+    """The synthetic set a frame or tracklet folder belongs to (the directory holding
+    ``annotations.json`` a few levels above it), or None."""
+    directory = os.path.abspath(path)
     for _ in range(max_levels):
         directory = os.path.dirname(directory)
         if os.path.isfile(os.path.join(directory, ANNOTATIONS_FILE)):
             return directory
     return None
+
+
+def synthetic_manifest(root: str) -> Optional[dict]:
+    """The generator's ``manifest.json`` of a synthetic set (its options and seed), or None."""
+    try:
+        with open(os.path.join(root, "manifest.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 def tracklet_boxes(paths: Sequence[str]) -> Optional[np.ndarray]:
@@ -178,7 +192,7 @@ def tracklet_boxes(paths: Sequence[str]) -> Optional[np.ndarray]:
     if not paths:
         return None
     tracklet_dir = os.path.dirname(os.path.abspath(paths[0]))
-    root = _find_root(tracklet_dir)
+    root = find_synthetic_root(paths[0])
     if root is None:
         return None
     entry = load_annotations(root).get(os.path.relpath(tracklet_dir, root).replace(os.sep, "/"))

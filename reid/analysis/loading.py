@@ -17,7 +17,6 @@ class Network:
     model: torch.nn.Module
     cfg: object              # the run's reid.engine.config.Config, with the command line's overrides
     weights: str             # "trained (epoch N)" or "init" / "init (pretrained 2D)"
-    misalignment: float      # of the synthetic set the config names
 
 
 def load_network(path: str, args, *, initial: bool = False) -> Network:
@@ -28,7 +27,6 @@ def load_network(path: str, args, *, initial: bool = False) -> Network:
     started from instead of the trained ones: the same seed before the same construction, with
     the run's ``pretrained`` 2D file (or ``--pretrained``) if it used one.
     """
-    from reid.data import SyntheticConfig
     from reid.engine.checkpoint import CheckpointError, load_checkpoint
     from reid.engine.config import ConfigError, config_from_dict, load_config
     from reid.engine.trainer import build_network, seed_everything
@@ -58,8 +56,7 @@ def load_network(path: str, args, *, initial: bool = False) -> Network:
     if not any(isinstance(m, APM) for m in model.modules()):
         raise ValueError(f"checkpoint {path}: {cfg.arch} has no APM module, so there is no registration to look at "
                          f"(an AP-network such as ap3d_resnet18 expected)")
-    misalignment = float(cfg.dataset_options.get("misalignment", SyntheticConfig().misalignment))
-    return Network(model.eval(), cfg, weights, misalignment)
+    return Network(model.eval(), cfg, weights)
 
 
 def analysis_device(cfg) -> torch.device:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from .apm_probe import capture_apm, neighbour_offsets, registration_weights, semantic_queries
-from .correspondence import FeatureGrid, correspondence, tracklet_boxes
+from .correspondence import (FeatureGrid, correspondence, find_synthetic_root, synthetic_manifest,
+                             tracklet_boxes)
 from .loading import analysis_device, load_network
 
 __all__ = ["RegistrationTally", "score_registration", "evaluate_registration", "format_table", "main"]
@@ -251,6 +252,9 @@ def _extra(parser: argparse.ArgumentParser) -> None:
                         help="test tracklets to use, spread evenly over query + gallery (0 = all) [default: 100]")
     parser.add_argument("--max-frames", type=int, default=32, metavar="N",
                         help="first N frames of each tracklet (0 = all) [default: 32]")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="score on the generated synthetic set in DIR (its test tracklets) instead of the set "
+                             "the checkpoint's config names")
     parser.add_argument("--out", default=None, metavar="PREFIX",
                         help="write PREFIX.md and PREFIX.json [default: registration next to the first checkpoint]")
 
@@ -261,25 +265,44 @@ def _select(tracklets: list, n: int) -> list:
     return [tracklets[i] for i in np.unique(np.linspace(0, len(tracklets) - 1, n).round().astype(int))]
 
 
-def run(args) -> dict:
+def _test_tracklets(cfg, data_dir: Optional[str], cache: dict) -> tuple[list, Optional[float]]:
+    """Query + gallery tracklets of the set to score on, and its misalignment level (from the set's
+    manifest, so it is the level of the data actually scored)."""
+    from reid.data import build_dataset
     from reid.engine.trainer import build_data
 
+    if data_dir is not None:
+        key = os.path.abspath(data_dir)
+        make = lambda: build_dataset("folder", root=key, verbose=False)  # noqa: E731
+    else:
+        if cfg.dataset != "synthetic":
+            raise ValueError(f"dataset: got {cfg.dataset!r}; registration accuracy needs the ground truth of "
+                             f"'synthetic' (or --data-dir with a generated synthetic set)")
+        key = (cfg.root, json.dumps(cfg.dataset_options, sort_keys=True))
+        make = lambda: build_data(cfg, int(cfg.split_id))  # noqa: E731
+    if key not in cache:
+        ds = make()
+        tracklets = ds.query + ds.gallery
+        root = find_synthetic_root(tracklets[0].paths[0]) if tracklets else None
+        manifest = synthetic_manifest(root) if root else None
+        if manifest is None:
+            raise ValueError(f"{data_dir or cfg.dataset}: no synthetic manifest.json and annotations.json above the "
+                             f"test tracklets; registration accuracy needs a set made by the synthetic generator")
+        cache[key] = (tracklets, float(manifest["options"]["misalignment"]))
+    return cache[key]
+
+
+def run(args) -> dict:
     rows, datasets = [], {}
     for path in args.checkpoint:
         for initial in (False, True) if args.init else (False,):
             net = load_network(path, args, initial=initial)
-            model, cfg, weights, misalignment = net.model, net.cfg, net.weights, net.misalignment
-            if cfg.dataset != "synthetic":
-                raise ValueError(f"dataset: got {cfg.dataset!r}; registration accuracy needs the ground truth of "
-                                 f"'synthetic'")
-            key = (cfg.root, json.dumps(cfg.dataset_options, sort_keys=True))
-            if key not in datasets:
-                datasets[key] = build_data(cfg, int(cfg.split_id))
-            ds = datasets[key]
-            tracklets = _select(ds.query + ds.gallery, args.num_tracklets)
+            cfg = net.cfg
+            tracklets, misalignment = _test_tracklets(cfg, args.data_dir, datasets)
+            tracklets = _select(tracklets, args.num_tracklets)
             device = analysis_device(cfg)
             t0 = time.perf_counter()
-            result = evaluate_registration(model.to(device), tracklets, height=cfg.height, width=cfg.width,
+            result = evaluate_registration(net.model.to(device), tracklets, height=cfg.height, width=cfg.width,
                                            clip_len=cfg.test_clip_len, max_frames=args.max_frames, device=device,
                                            progress=sys.stderr.isatty())
             grids = {}
@@ -287,14 +310,15 @@ def run(args) -> dict:
                 grids.setdefault(name.split(".")[0], f"{g[0]}x{g[1]}, stride {g[2]}")
             for stage, tally in result["stages"].items():
                 rows.append({"checkpoint": os.path.abspath(path), "model": cfg.arch, "misalignment": misalignment,
-                             "weights": weights, "stage": stage, "grid": grids.get(f"layer{stage}", "?"),
+                             "weights": net.weights, "stage": stage, "grid": grids.get(f"layer{stage}", "?"),
                              "tracklets": result["tracklets"], **tally.summary(),
                              "blocks": {n: t.summary() for n, t in result["blocks"].items()
                                         if n.startswith(f"layer{stage}.")}})
-            print(f"{path} [{weights}]: {result['tracklets']} tracklets in {time.perf_counter() - t0:.1f} s"
+            print(f"{path} [{net.weights}]: {result['tracklets']} tracklets in {time.perf_counter() - t0:.1f} s"
                   + (f", {len(result['skipped'])} clip(s) skipped (unreadable frames)" if result["skipped"] else ""),
                   file=sys.stderr)
     return {"rows": rows, "settings": {"num_tracklets": args.num_tracklets, "max_frames": args.max_frames,
+                                       "data_dir": args.data_dir,
                                        "metric": "argmax within Chebyshev distance 1 of the truth cell; P's "
                                                  "mass there; the same on positions the identity misses; Euclidean "
                                                  "distance (cells) of P's expected position"}}

@@ -27,7 +27,8 @@ import torch
 
 from ap3d_kernels import APM
 from reid.analysis.apm_probe import capture_apm, semantic_queries
-from reid.analysis.correspondence import FeatureGrid, body_to_image, correspondence, tracklet_boxes
+from reid.analysis.correspondence import (FeatureGrid, body_to_image, correspondence, find_synthetic_root,
+                                          synthetic_manifest, tracklet_boxes)
 
 __all__ = ["ApmPanels", "compute_panels", "largest_box_change", "marked_cells", "render", "main"]
 
@@ -255,6 +256,11 @@ def _pick(args, cfg, offset: int):
     return paths, boxes, t, label
 
 
+def _level(frame_path: str) -> str:
+    manifest = synthetic_manifest(find_synthetic_root(frame_path) or "")
+    return "?" if manifest is None else f"{manifest['options']['misalignment']:g}"
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m reid.visualize apm") -> int:
     from reid.analysis.loading import analysis_device, load_network
     from reid.data import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, read_frame
@@ -298,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m reid.visua
     images = [(clip[:, k] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for k in (t - lo, t + args.offset - lo)]
     title = (f"{cfg.arch}, {net.weights}; {call.name} (stage {call.stage}, {grid.height}x{grid.width} cells)\n"
              f"{label}, frames {t} and {t + args.offset}"
-             + (f"; synthetic, misalignment {net.misalignment:g}" if boxes is not None else ""))
+             + (f"; synthetic, misalignment {_level(paths[0])}" if boxes is not None else ""))
     render(panels, images[0], images[1], args.out, title=title,
            frame_labels=(f"centre frame {t}", f"neighbour {t + args.offset}"))
     print(f"written: {args.out}")

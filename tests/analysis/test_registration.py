@@ -188,6 +188,13 @@ def test_cli_scores_trained_and_initial_weights_per_stage(tmp_path):
     table = (tmp_path / "report" / "reg.md").read_text()
     assert table.startswith("| model | misalignment |") and table.count("\n| ap3d_resnet18 |") == 4
     assert "argmax within 1 cell (%): APM / identity / chance" in proc.stdout
+    # The same set named by its directory (--data-dir, read as a plain folder) gives the same scores.
+    proc = subprocess.run([sys.executable, "-m", "reid.analysis.registration", "--checkpoint", str(ckpt),
+                           "--data-dir", str(tmp_path / "data"), "--num-tracklets", "3", "--max-frames", "6",
+                           "--out", str(tmp_path / "again")], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "again.json").read_text())["rows"] == rows[:2]
 
 
 def test_cli_explains_a_network_without_apm(tmp_path):
