@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ap3d_kernels import APM
+
 from .apm_probe import capture_apm, neighbour_offsets, registration_weights, semantic_queries
 from .correspondence import (FeatureGrid, correspondence, find_synthetic_root, synthetic_manifest,
                              tracklet_boxes)
@@ -259,6 +261,13 @@ def _extra(parser: argparse.ArgumentParser) -> None:
                         help="write PREFIX.md and PREFIX.json [default: registration next to the first checkpoint]")
 
 
+def semantic_mapping_change(trained: torch.nn.Module, initial: torch.nn.Module) -> dict:
+    """``|g_trained - g_init| / |g_init|`` (Frobenius) of each APM's semantic mapping, by module name."""
+    init = {n: m.semantic_mapping.weight.detach().cpu() for n, m in initial.named_modules() if isinstance(m, APM)}
+    return {n: float((m.semantic_mapping.weight.detach().cpu() - init[n]).norm() / init[n].norm())
+            for n, m in trained.named_modules() if isinstance(m, APM)}
+
+
 def _select(tracklets: list, n: int) -> list:
     if n <= 0 or n >= len(tracklets):
         return list(tracklets)
@@ -295,9 +304,11 @@ def _test_tracklets(cfg, data_dir: Optional[str], cache: dict) -> tuple[list, Op
 def run(args) -> dict:
     rows, datasets = [], {}
     for path in args.checkpoint:
+        trained = None
         for initial in (False, True) if args.init else (False,):
             net = load_network(path, args, initial=initial)
             cfg = net.cfg
+            trained = trained or net.model
             tracklets, misalignment = _test_tracklets(cfg, args.data_dir, datasets)
             tracklets = _select(tracklets, args.num_tracklets)
             device = analysis_device(cfg)
@@ -314,6 +325,10 @@ def run(args) -> dict:
                              "tracklets": result["tracklets"], **tally.summary(),
                              "blocks": {n: t.summary() for n, t in result["blocks"].items()
                                         if n.startswith(f"layer{stage}.")}})
+                if initial:  # how far training moved each APM's semantic mapping g from where it started
+                    changes = semantic_mapping_change(trained, net.model)
+                    rows[-1]["semantic_mapping_change"] = {n: c for n, c in changes.items()
+                                                           if n.startswith(f"layer{stage}.")}
             print(f"{path} [{net.weights}]: {result['tracklets']} tracklets in {time.perf_counter() - t0:.1f} s"
                   + (f", {len(result['skipped'])} clip(s) skipped (unreadable frames)" if result["skipped"] else ""),
                   file=sys.stderr)

@@ -184,6 +184,7 @@ def test_cli_scores_trained_and_initial_weights_per_stage(tmp_path):
         assert r["identity_distance"] > 0  # misalignment 1.0: the boxes really move
     # The checkpoint holds the initial weights, and --init rebuilds exactly them (reid.train's seeding).
     for trained, init in zip(rows[:2], rows[2:]):
+        assert init.pop("semantic_mapping_change") == {f"layer{init['stage']}.0.conv2.APM": 0.0}
         assert {k: v for k, v in trained.items() if k != "weights"} == {k: v for k, v in init.items() if k != "weights"}
     table = (tmp_path / "report" / "reg.md").read_text()
     assert table.startswith("| model | misalignment |") and table.count("\n| ap3d_resnet18 |") == 4
