@@ -274,9 +274,9 @@ def _select(tracklets: list, n: int) -> list:
     return [tracklets[i] for i in np.unique(np.linspace(0, len(tracklets) - 1, n).round().astype(int))]
 
 
-def _test_tracklets(cfg, data_dir: Optional[str], cache: dict) -> tuple[list, Optional[float]]:
-    """Query + gallery tracklets of the set to score on, and its misalignment level (from the set's
-    manifest, so it is the level of the data actually scored)."""
+def _test_tracklets(cfg, data_dir: Optional[str], cache: dict) -> tuple[list, dict]:
+    """Query + gallery tracklets of the set to score on, and the set's manifest (so the reported
+    misalignment is the level of the data actually scored)."""
     from reid.data import build_dataset
     from reid.engine.trainer import build_data
 
@@ -297,8 +297,28 @@ def _test_tracklets(cfg, data_dir: Optional[str], cache: dict) -> tuple[list, Op
         if manifest is None:
             raise ValueError(f"{data_dir or cfg.dataset}: no synthetic manifest.json and annotations.json above the "
                              f"test tracklets; registration accuracy needs a set made by the synthetic generator")
-        cache[key] = (tracklets, float(manifest["options"]["misalignment"]))
+        cache[key] = (tracklets, manifest)
     return cache[key]
+
+
+def _rows(path: str, net, manifest: dict, result: dict, g_change: Optional[dict]) -> list[dict]:
+    """One result row per stage (the per-block scores inside)."""
+    grids = {}
+    for name, g in result["grids"].items():
+        grids.setdefault(name.split(".")[0], f"{g[0]}x{g[1]}, stride {g[2]}")
+    rows = []
+    for stage, tally in result["stages"].items():
+        in_stage = lambda name: name.startswith(f"layer{stage}.")  # noqa: E731
+        row = {"checkpoint": os.path.abspath(path), "model": net.cfg.arch,
+               "misalignment": float(manifest["options"]["misalignment"]),
+               "data": {"options": manifest["options"], "effective": manifest.get("effective_misalignment")},
+               "weights": net.weights, "stage": stage, "grid": grids.get(f"layer{stage}", "?"),
+               "tracklets": result["tracklets"], **tally.summary(),
+               "blocks": {n: t.summary() for n, t in result["blocks"].items() if in_stage(n)}}
+        if g_change is not None:  # how far training moved each APM's semantic mapping g from where it started
+            row["semantic_mapping_change"] = {n: c for n, c in g_change.items() if in_stage(n)}
+        rows.append(row)
+    return rows
 
 
 def run(args) -> dict:
@@ -308,27 +328,16 @@ def run(args) -> dict:
         for initial in (False, True) if args.init else (False,):
             net = load_network(path, args, initial=initial)
             cfg = net.cfg
-            trained = trained or net.model
-            tracklets, misalignment = _test_tracklets(cfg, args.data_dir, datasets)
+            if trained is None:
+                trained = net.model
+            tracklets, manifest = _test_tracklets(cfg, args.data_dir, datasets)
             tracklets = _select(tracklets, args.num_tracklets)
             device = analysis_device(cfg)
             t0 = time.perf_counter()
             result = evaluate_registration(net.model.to(device), tracklets, height=cfg.height, width=cfg.width,
                                            clip_len=cfg.test_clip_len, max_frames=args.max_frames, device=device,
                                            progress=sys.stderr.isatty())
-            grids = {}
-            for name, g in result["grids"].items():
-                grids.setdefault(name.split(".")[0], f"{g[0]}x{g[1]}, stride {g[2]}")
-            for stage, tally in result["stages"].items():
-                rows.append({"checkpoint": os.path.abspath(path), "model": cfg.arch, "misalignment": misalignment,
-                             "weights": net.weights, "stage": stage, "grid": grids.get(f"layer{stage}", "?"),
-                             "tracklets": result["tracklets"], **tally.summary(),
-                             "blocks": {n: t.summary() for n, t in result["blocks"].items()
-                                        if n.startswith(f"layer{stage}.")}})
-                if initial:  # how far training moved each APM's semantic mapping g from where it started
-                    changes = semantic_mapping_change(trained, net.model)
-                    rows[-1]["semantic_mapping_change"] = {n: c for n, c in changes.items()
-                                                           if n.startswith(f"layer{stage}.")}
+            rows += _rows(path, net, manifest, result, semantic_mapping_change(trained, net.model) if initial else None)
             print(f"{path} [{net.weights}]: {result['tracklets']} tracklets in {time.perf_counter() - t0:.1f} s"
                   + (f", {len(result['skipped'])} clip(s) skipped (unreadable frames)" if result["skipped"] else ""),
                   file=sys.stderr)
