@@ -136,7 +136,7 @@ def _pixel(grid: FeatureGrid, rc):
 
 
 def render(panels: ApmPanels, centre_img: np.ndarray, neighbour_img: np.ndarray, out: str, title: str = "",
-           frame_labels: Sequence[str] = ("centre frame t", "neighbour t+1")) -> None:
+           frame_labels: Sequence[str] = ("centre frame t", "neighbour t+1"), dpi: int = 110) -> None:
     """Write the figure to ``out`` (PNG). Images are ``[H, W, 3]`` in [0, 1] at the network input size."""
     import matplotlib
 
@@ -192,7 +192,7 @@ def render(panels: ApmPanels, centre_img: np.ndarray, neighbour_img: np.ndarray,
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
 
 
@@ -214,6 +214,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0, 16.0], metavar="S",
                         help="similarity scales s of the Fig. 3 maps [default: 1 4 16]")
     parser.add_argument("--out", default="apm.png", help="PNG to write [default: apm.png]")
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG [default: 110]")
 
 
 def _pick(args, cfg, offset: int):
@@ -272,6 +273,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m reid.visua
     args = parser.parse_args(argv)
     if any(s <= 0 or not np.isfinite(s) for s in args.scales):
         parser.error(f"--scales: got {args.scales}, expected positive numbers")
+    if args.dpi < 10:
+        parser.error(f"--dpi: got {args.dpi}, expected at least 10")
     try:
         net = load_network(args.checkpoint, args, initial=args.init)
         cfg, model = net.cfg, net.model
@@ -306,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m reid.visua
              f"{label}, frames {t} and {t + args.offset}"
              + (f"; synthetic, misalignment {_level(paths[0])}" if boxes is not None else ""))
     render(panels, images[0], images[1], args.out, title=title,
-           frame_labels=(f"centre frame {t}", f"neighbour {t + args.offset}"))
+           frame_labels=(f"centre frame {t}", f"neighbour {t + args.offset}"), dpi=args.dpi)
     print(f"written: {args.out}")
     return 0
 
