@@ -37,7 +37,8 @@ def load_network(path: str, args, *, initial: bool = False) -> Network:
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
     # The stored 2D weights file matters only for the initialisation (and may be gone by now).
-    cfg = load_config(args, base=dataclasses.replace(stored, resume=None, pretrained=stored.pretrained if initial else None))
+    base = dataclasses.replace(stored, resume=None, pretrained=stored.pretrained if initial else None)
+    cfg = load_config(args, base=base)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     num_classes = int(ckpt["num_classes"])

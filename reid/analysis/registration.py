@@ -229,8 +229,8 @@ def format_table(rows: Sequence[dict]) -> str:
         return " / ".join("n/a" if v != v else f"{100 * v:.1f}" for v in values)
 
     lines = [
-        "| model | misalignment | weights | stage (grid) | positions | argmax within 1 cell (%): APM / identity / chance "
-        "| P mass within 1 cell (%) | where identity misses (%): share / APM within 1 / chance "
+        "| model | misalignment | weights | stage (grid) | positions "
+        "| argmax within 1 cell (%): APM / identity / chance | P mass within 1 cell (%) | where identity misses (%): share / APM within 1 / chance "
         "| distance (cells): APM E[pos] / identity / uniform |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]

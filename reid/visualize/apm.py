@@ -72,7 +72,8 @@ def compute_panels(x: torch.Tensor, z: torch.Tensor, g_weight: torch.Tensor, *, 
         raise ValueError(f"compute_panels: centre {centre} with neighbour offset {offset} must both lie in the "
                          f"{T}-frame clip, with 0 < |offset| <= {half}")
     if z.shape != (C, time_dim * T, h, w):
-        raise ValueError(f"compute_panels: z must be APM's output [{C}, {time_dim * T}, {h}, {w}], got {tuple(z.shape)}")
+        raise ValueError(f"compute_panels: z must be APM's output [{C}, {time_dim * T}, {h}, {w}], "
+                         f"got {tuple(z.shape)}")
     grid = FeatureGrid.from_shapes((h, w), input_hw)
     q = semantic_queries(x.unsqueeze(0).float(), g_weight.float())[0]  # [T, HW, Ck]
     idx = torch.tensor([r * w + c for r, c in points], dtype=torch.long)
@@ -202,7 +203,8 @@ def render(panels: ApmPanels, centre_img: np.ndarray, neighbour_img: np.ndarray,
 
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint of an AP-network (reid.train)")
-    parser.add_argument("--init", action="store_true", help="show the weights the run started from, not the trained ones")
+    parser.add_argument("--init", action="store_true",
+                        help="show the weights the run started from, not the trained ones")
     parser.add_argument("--tracklet", default=None, metavar="INDEX_OR_DIR",
                         help="index into the test tracklets (query then gallery) of the checkpoint's dataset, or a "
                              "folder of frames [default: the test tracklet with the largest box change]")

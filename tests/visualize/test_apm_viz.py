@@ -108,7 +108,8 @@ def test_cli_writes_the_figure_for_a_test_tracklet_and_for_a_folder(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     folder = os.path.join(tmp_path, "data", "query", "0003", os.listdir(tmp_path / "data" / "query" / "0003")[0])
-    proc = subprocess.run(cmd + ["--tracklet", folder, "--stage", "3", "--frame", "0", "--out", str(tmp_path / "b.png")],
+    proc = subprocess.run(cmd + ["--tracklet", folder, "--stage", "3", "--frame", "0",
+                                 "--out", str(tmp_path / "b.png")],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for name in ("a.png", "b.png"):
