@@ -230,7 +230,8 @@ def format_table(rows: Sequence[dict]) -> str:
 
     lines = [
         "| model | misalignment | weights | stage (grid) | positions "
-        "| argmax within 1 cell (%): APM / identity / chance | P mass within 1 cell (%) | where identity misses (%): share / APM within 1 / chance "
+        "| argmax within 1 cell (%): APM / identity / chance | P mass within 1 cell (%) "
+        "| where identity misses (%): share / APM within 1 / chance "
         "| distance (cells): APM E[pos] / identity / uniform |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
