@@ -201,14 +201,14 @@ def _extra(parser: argparse.ArgumentParser) -> None:
                         help="size each frame is drawn at (not the network's input size) [128 64]")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m reid.visualize ranks") -> int:
     from reid.engine.checkpoint import CheckpointError
     from reid.engine.config import ConfigError, build_parser
     from reid.engine.builders import build_data
     from reid.inference import load_trained_model, resolve_device
 
     parser = build_parser("Draw ranked gallery tracklets of some queries (any config flag overrides the checkpoint's).",
-                          extra=_extra, prog="python -m reid.visualize ranks")
+                          extra=_extra, prog=prog)
     args = parser.parse_args(argv)
     try:
         loaded = load_trained_model(args.checkpoint, args=args)

@@ -93,7 +93,8 @@ def test_grid_holds_a_row_per_query_in_the_evaluators_order(tiny_run, tmp_path, 
 
 
 def test_dispatcher_lists_and_rejects_subcommands(capsys):
-    assert visualize_main([]) == 0 and "ranks" in capsys.readouterr().out
+    assert visualize_main(["--help"]) == 0 and "ranks" in capsys.readouterr().out
+    assert visualize_main([]) == 2 and "ranks" in capsys.readouterr().err  # no subcommand: a usage error
     assert visualize_main(["nope"]) == 2 and "unknown subcommand 'nope'" in capsys.readouterr().err
 
 
