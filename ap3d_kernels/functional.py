@@ -25,7 +25,7 @@ from .backends import fused_apm
 from .reference import apm_reference
 from .validation import check_apm_args
 
-__all__ = ["apm", "available_backends", "preload_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["apm", "run_apm", "available_backends", "preload_backends", "resolve_backend", "BACKENDS"]
 
 # name -> module path; "reference" is built in.
 BACKENDS: dict[str, Optional[str]] = {
@@ -160,8 +160,21 @@ def apm(
     Returns:
         ``[B, C, N*T, H, W]`` with frames ``[z(t-N//2) .. x_t .. z(t+N//2)]`` for each ``t``.
     """
+    return run_apm(
+        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive,
+        detach_gate_inputs=detach_gate_inputs, backend=backend,
+    )
+
+
+def run_apm(
+    x, g_weight, theta_weight, phi_weight, att_weight, *, scale, time_dim, contrastive, detach_gate_inputs, backend,
+    caller: Optional[str] = None,
+) -> torch.Tensor:
+    """:func:`apm` for callers that name themselves in its error messages (``ap3d_kernels.APM``):
+    the one place where the arguments are validated and the backend is chosen."""
     scale, time_dim = check_apm_args(
-        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive
+        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive,
+        caller=caller,
     )
     fn = resolve_backend(backend, x.device)
 

@@ -29,14 +29,16 @@ DOUBLE_BACKWARD_MESSAGE = (
 
 
 class _RefuseDoubleBackward(torch.autograd.Function):
-    """Identity on first-order gradients whose own backward raises (``once_differentiable``'s
-    idea with a message that says what to do), so create_graph=True still gives correct
-    first-order gradients and only differentiating them again fails."""
+    """Identity on first-order gradients whose own backward raises: ``once_differentiable``'s
+    idea, with a message that says what to do. create_graph=True still gives correct first-order
+    gradients; only differentiating them again fails. The node also takes the tensors the
+    gradients depend on (x, q, ..., grad_out), so it lies on every path back to them and
+    ``torch.autograd.grad(..., inputs=[x])`` cannot skip it and return a silently wrong result."""
 
     @staticmethod
-    def forward(ctx, message, *grads):
+    def forward(ctx, message, n_grads, *tensors):
         ctx.message = message
-        return tuple(g.view_as(g) for g in grads)
+        return tuple(g.view_as(g) for g in tensors[:n_grads])
 
     @staticmethod
     def backward(ctx, *_):
@@ -47,11 +49,12 @@ def _guard_double_backward(backend: str, grads, inputs) -> tuple:
     """Wrap ``grads`` so that differentiating them raises, when a graph of them is being built."""
     if not torch.is_grad_enabled():  # no create_graph: nothing will differentiate the gradients
         return grads
-    if not any(t is not None and t.requires_grad for t in inputs):
+    depends_on = [t for t in inputs if t is not None and t.requires_grad]
+    if not depends_on:
         return grads
     present = [i for i, g in enumerate(grads) if g is not None]
     wrapped = _RefuseDoubleBackward.apply(
-        DOUBLE_BACKWARD_MESSAGE.format(backend=backend), *(grads[i].detach().requires_grad_() for i in present)
+        DOUBLE_BACKWARD_MESSAGE.format(backend=backend), len(present), *(grads[i] for i in present), *depends_on
     )
     out = list(grads)
     for i, g in zip(present, wrapped):
@@ -64,8 +67,7 @@ def register_core(namespace: str, backend: str) -> None:
     fwd_name, bwd_name = f"{namespace}::apm_fwd", f"{namespace}::apm_bwd"
     ops = getattr(torch.ops, namespace)
 
-    @torch.library.register_fake(fwd_name)
-    def _forward_fake(x, q, vphi, tw, scale, time_dim, contrastive, detach_gate_inputs):
+    def forward_fake(x, q, vphi, tw, scale, time_dim, contrastive, detach_gate_inputs):
         B, C, T, H, W = x.shape
         acc = accumulation_dtype(x.dtype)
         rows = (B, T, time_dim - 1, H * W)
@@ -75,14 +77,17 @@ def register_core(namespace: str, backend: str) -> None:
             return out, lse, x.new_empty(rows, dtype=acc), x.new_empty((*rows, q.shape[-1]), dtype=acc)
         return out, lse, x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
 
-    @torch.library.register_fake(bwd_name)
-    def _backward_fake(grad_out, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, contrastive,
+    def backward_fake(grad_out, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, contrastive,
                        detach_gate_inputs):
         grad_x = x.new_empty(x.shape)
         grad_q = q.new_empty(q.shape)
         if contrastive:
             return grad_x, grad_q, q.new_empty(q.shape), q.new_empty(q.shape)
         return grad_x, grad_q, q.new_empty((0,)), q.new_empty((0,))
+
+    # Attributed to the caller (the backend module): a C++ library's m.set_python_module names it.
+    torch.library.register_fake(fwd_name, forward_fake, _stacklevel=2)
+    torch.library.register_fake(bwd_name, backward_fake, _stacklevel=2)
 
     def setup_context(ctx, inputs, output):
         x, q, vphi, tw, scale, time_dim, contrastive, detach_gate_inputs = inputs
