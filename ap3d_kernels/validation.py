@@ -76,7 +76,7 @@ def _check_apm_args(x, g_weight, theta_weight, phi_weight, att_weight, scale, ti
     B, C, T, H, W = x.shape
     if min(B, C, T, H, W) == 0:
         raise ValueError(f"x must have no empty dimension ([B, C, T, H, W] all >= 1), got {_describe(x)}")
-    _check_tensor("g_weight", g_weight, ndim=2, expected="[Ck, C]")
+    _check_tensor("g_weight", g_weight, ndim=2, expected=f"[Ck, C={C}]")
     ck, c_w = g_weight.shape
     if ck == 0 or c_w == 0:
         raise ValueError(f"g_weight must have shape [Ck, C] with Ck, C >= 1, got {_describe(g_weight)}")
