@@ -241,9 +241,9 @@ def main(argv=None):
     }
     if device.type == "cpu":
         try:
-            from ap3d_kernels import apm_cpu
+            from ap3d_kernels.backends import cpu as cpu_backend
 
-            meta["cpu_kernel_isa"] = apm_cpu.isa()
+            meta["cpu_kernel_isa"] = cpu_backend.isa()
         except RuntimeError as exc:
             meta["cpu_kernel_isa"] = f"unavailable: {exc}"
     else:
