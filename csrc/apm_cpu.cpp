@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "apm_cpu_layout.h"
 #include "apm_cpu_math.h"
 
 namespace ap3d {
@@ -71,12 +72,6 @@ void parallel_items(int64_t n, const F& body) {
   });
 }
 
-template <typename T>
-Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
 // at::mm_out on a view of existing memory (the view itself is a temporary).
 void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
 
@@ -113,13 +108,13 @@ void check_args(const Tensor& x, const Tensor& q, const std::optional<Tensor>& v
 // --------------------------------------------------------------------------------------------
 // Forward: one work item = (clip b, centre t, row block). It writes the centre copy and the
 // N-1 reconstructions of those rows, so the interleaved output is produced in a single pass.
+// x and out are read and written in place in their layout (NCDHW or channels_last_3d).
 // --------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t>
-void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, const acc_t* Q, const acc_t* VPHI,
-                    const acc_t* TW, scalar_t* out, acc_t* lse, acc_t* gate, acc_t* phi, acc_t scale,
+void forward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const acc_t* Q, const acc_t* VPHI,
+                    const acc_t* TW, scalar_t* out, Strided os, acc_t* lse, acc_t* gate, acc_t* phi, acc_t scale,
                     bool contrastive) {
   const int64_t B = geo.B, C = geo.C, T = geo.T, HW = geo.HW, Ck = geo.Ck, N = geo.N, nb = geo.nb;
-  const int64_t TN = T * N;
   const int64_t BM = row_block(HW);
   const int64_t nblk = (HW + BM - 1) / BM;
   const int64_t per_thread = BM * HW + C * BM + Ck * BM + 2 * BM;
@@ -128,31 +123,33 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
   const Tensor scratch_t =
       at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
+  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, N, nthreads);
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
 
   parallel_items(B * T * nblk, [&](int64_t begin, int64_t end) {
-    acc_t* S = scratch + at::get_thread_num() * per_thread;  // [bm, HW]: scores, then exp
-    acc_t* YT = S + BM * HW;                                 // [C, bm]: un-normalised P @ V, transposed
-    acc_t* PHT = YT + C * BM;                                // [Ck, bm]: un-normalised P @ vphi, transposed
-    acc_t* f = PHT + Ck * BM;                                // per-row output factor a / l
+    const int tid = at::get_thread_num();
+    acc_t* S = scratch + tid * per_thread;  // [bm, HW]: scores, then exp
+    acc_t* YT = S + BM * HW;                // [C, bm]: un-normalised P @ V, transposed
+    acc_t* PHT = YT + C * BM;               // [Ck, bm]: un-normalised P @ vphi, transposed
+    acc_t* f = PHT + Ck * BM;               // per-row output factor a / l
     acc_t* inv_l = f + BM;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (T * nblk), t = (item / nblk) % T, blk = item % nblk;
       const int64_t i0 = blk * BM, bm = std::min(BM, HW - i0);
       // The centre frame is the untouched input.
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* src = xs + ((b * C + c) * T + t) * HW + i0;
-        std::copy(src, src + bm, out + ((b * C + c) * TN + t * N + geo.half) * HW + i0);
-      }
+      const scalar_t* src = x + xs.frame(b, t) + i0 * xs.sHW;
+      scalar_t* centre = out + os.frame(b, t * N + geo.half) + i0 * os.sHW;
+      for_each_cr(os.hw_inner(), C, bm,
+                  [&](int64_t c, int64_t r) { centre[c * os.sC + r * os.sHW] = src[c * xs.sC + r * xs.sHW]; });
       const Tensor Qrows = view2d(Q + ((b * T + t) * HW + i0) * Ck, bm, Ck, Ck, 1);
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t tn = t + geo.offsets[j];
-        scalar_t* o = out + (b * C * TN + t * N + geo.slot(j)) * HW + i0;  // row c at o + c * TN * HW
-        const int64_t pr = ((b * T + t) * nb + j) * HW + i0;                // row index into lse/gate/phi
+        scalar_t* o = out + os.frame(b, t * N + geo.slot(j)) + i0 * os.sHW;  // element (c, r) at c*sC + r*sHW
+        const int64_t pr = ((b * T + t) * nb + j) * HW + i0;                 // row index into lse/gate/phi
         if (tn < 0 || tn >= T) {
           // Zero-padded neighbour: zero keys give a uniform softmax over zero values, i.e. zeros;
           // the saved statistics are the reference's for that row.
-          for (int64_t c = 0; c < C; ++c) std::fill(o + c * TN * HW, o + c * TN * HW + bm, scalar_t(0));
+          for_each_cr(os.hw_inner(), C, bm, [&](int64_t c, int64_t r) { o[c * os.sC + r * os.sHW] = scalar_t(0); });
           std::fill(lse + pr, lse + pr + bm, log_hw);
           if (contrastive) {
             std::fill(gate + pr, gate + pr + bm, acc_t(0.5));
@@ -170,7 +167,7 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
         }
         // YT = V^T E^T with V^T = x[b, :, tn] as [C, HW]: the reconstruction in output layout.
         const Tensor ET = view2d(S, HW, bm, 1, HW);
-        mm_into(view2d(YT, C, bm, bm, 1), view2d(X + (b * C * T + tn) * HW, C, HW, T * HW, 1), ET);
+        mm_into(view2d(YT, C, bm, bm, 1), values.get(tid, b, tn), ET);
         if (contrastive) {
           // phi = P vphi, accumulated beside P @ V: the gate needs no pass over the output.
           mm_into(view2d(PHT, Ck, bm, bm, 1), view2d(VPHI + (b * T + tn) * HW * Ck, Ck, HW, 1, Ck), ET);
@@ -189,11 +186,9 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
         } else {
           std::copy(inv_l, inv_l + bm, f);
         }
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t* yc = YT + c * bm;
-          scalar_t* oc = o + c * TN * HW;
-          for (int64_t r = 0; r < bm; ++r) oc[r] = static_cast<scalar_t>(yc[r] * f[r]);
-        }
+        for_each_cr(os.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
+          o[c * os.sC + r * os.sHW] = static_cast<scalar_t>(YT[c * bm + r] * f[r]);
+        });
       }
     }
   });
@@ -201,41 +196,58 @@ void forward_kernel(const Geometry& geo, const scalar_t* xs, const acc_t* X, con
 
 // --------------------------------------------------------------------------------------------
 // Backward: one work item = (clip b, neighbour frame tn). It visits every pair whose keys and
-// values are frame tn, so dV (into dX[b, :, tn]), dK (into DKT[b, tn]) and dvphi (DVPHIT[b, tn])
-// have a single writer; dq and the gate's dlogit are written per pair (disjoint rows) and
-// reduced afterwards. With z = a * y and R = sum_c dz * z (FlashAttention's delta pre-pass):
+// values are frame tn, so dV (dx[b, :, tn], centre-copy term included), dK (DKT[b, tn]) and dvphi
+// (DVPHIT[b, tn]) have a single writer; dq and the gate's dlogit are written per pair (disjoint
+// rows) and reduced afterwards. With z = a * y and R = sum_c dz * z (FlashAttention's delta):
 //   dy = a * dz,  dlogit = (1 - a) R,  dphi = dlogit * tw,  dvphi += P^T dphi,
 //   delta = sum_c dy * y = R  (+ dphi . phi when the gate's input is not detached, because then
 //   phi = P vphi also sends dP += dphi vphi^T),
-// all without dividing by a (which may underflow).
+// all without dividing by a (which may underflow). dx of a frame is accumulated in float32 in
+// place (float32 / float64 x) or in a per-thread frame buffer (16-bit x), then stored once.
 // --------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const acc_t* VPHI, const acc_t* TW,
-                     const scalar_t* out, const scalar_t* dout, const acc_t* lse, const acc_t* gate, const acc_t* phi,
-                     acc_t* dX, acc_t* DQ, acc_t* DKT, acc_t* DVPHIT, acc_t* DLOGIT, acc_t scale, bool contrastive,
-                     bool detach) {
+void backward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const acc_t* Q, const acc_t* VPHI,
+                     const acc_t* TW, const scalar_t* out, Strided os, const scalar_t* dout, Strided ds,
+                     const acc_t* lse, const acc_t* gate, const acc_t* phi, scalar_t* dx, Strided gs, acc_t* DQ,
+                     acc_t* DKT, acc_t* DVPHIT, acc_t* DLOGIT, acc_t scale, bool contrastive, bool detach) {
+  constexpr bool kConvert = FrameSource<scalar_t, acc_t>::kConvert;
   const int64_t B = geo.B, C = geo.C, T = geo.T, HW = geo.HW, Ck = geo.Ck, N = geo.N, nb = geo.nb;
-  const int64_t TN = T * N;
   const int64_t BM = row_block(HW);
   const int64_t nblk = (HW + BM - 1) / BM;
-  const int64_t per_thread = 2 * BM * HW + C * BM + 2 * BM * Ck + 2 * BM;
+  const int64_t per_thread = 2 * BM * HW + C * BM + 2 * BM * Ck + 2 * BM + (kConvert ? C * HW : 0);
   const int nthreads = at::get_num_threads();
   const Tensor scratch_t =
       at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
+  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, 1, nthreads);
 
   parallel_items(B * T, [&](int64_t begin, int64_t end) {
-    acc_t* P = scratch + at::get_thread_num() * per_thread;  // [bm, HW] probabilities
-    acc_t* dP = P + BM * HW;                                  // [bm, HW] dP, then dS
-    acc_t* dYT = dP + BM * HW;                                // [C, bm] gradient of y, transposed
-    acc_t* DPH = dYT + C * BM;                                // [bm, Ck] gradient of phi
-    acc_t* DQT = DPH + BM * Ck;                               // [Ck, bm] dq of the row block, transposed
-    acc_t* zd = DQT + BM * Ck;                                // [bm] R = sum_c dz * z
-    acc_t* delta = zd + BM;                                   // [bm] sum_c dy * y (+ dphi . phi)
+    const int tid = at::get_thread_num();
+    acc_t* P = scratch + tid * per_thread;  // [bm, HW] probabilities
+    acc_t* dP = P + BM * HW;                // [bm, HW] dP, then dS
+    acc_t* dYT = dP + BM * HW;              // [C, bm] gradient of y, transposed
+    acc_t* DPH = dYT + C * BM;              // [bm, Ck] gradient of phi
+    acc_t* DQT = DPH + BM * Ck;             // [Ck, bm] dq of the row block, transposed
+    acc_t* zd = DQT + BM * Ck;              // [bm] R = sum_c dz * z
+    acc_t* delta = zd + BM;                 // [bm] sum_c dy * y (+ dphi . phi)
+    acc_t* dxbuf = delta + BM;              // [C, HW] float32 dx of the frame (16-bit x only)
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / T, tn = item % T;
-      const Tensor Xn = view2d(X + (b * C * T + tn) * HW, C, HW, T * HW, 1);
-      Tensor dXn = view2d(dX + (b * C * T + tn) * HW, C, HW, T * HW, 1);
+      const Tensor Xn = values.get(tid, b, tn);
+      // dx of frame tn starts as the gradient of its centre copy in the output.
+      const scalar_t* dcentre = dout + ds.frame(b, tn * N + geo.half);
+      Tensor dXn;
+      if constexpr (kConvert) {
+        for_each_cr(ds.hw_inner(), C, HW, [&](int64_t c, int64_t i) {
+          dxbuf[c * HW + i] = static_cast<acc_t>(dcentre[c * ds.sC + i * ds.sHW]);
+        });
+        dXn = view2d(dxbuf, C, HW, HW, 1);
+      } else {
+        acc_t* g = dx + gs.frame(b, tn);
+        for_each_cr(gs.hw_inner(), C, HW,
+                    [&](int64_t c, int64_t i) { g[c * gs.sC + i * gs.sHW] = dcentre[c * ds.sC + i * ds.sHW]; });
+        dXn = view2d(g, C, HW, gs.sC, gs.sHW);
+      }
       const Tensor KT = view2d(Q + (b * T + tn) * HW * Ck, Ck, HW, 1, Ck);
       // dK and dvphi are accumulated transposed ([Ck, HW]): GEMMs with a tiny output width (Ck)
       // run far below peak in the BLAS, the transposed shapes do not.
@@ -245,7 +257,6 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t t = tn - geo.offsets[j];  // centre whose neighbour j is tn
         if (t < 0 || t >= T) continue;
-        const int64_t zoff = (b * C * TN + t * N + geo.slot(j)) * HW;  // row c at + c * TN * HW
         for (int64_t blk = 0; blk < nblk; ++blk) {
           const int64_t i0 = blk * BM, bm = std::min(BM, HW - i0);
           const int64_t pr = ((b * T + t) * nb + j) * HW + i0;
@@ -255,26 +266,16 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
           mm_into(Pm, view2d(Qp, bm, Ck, Ck, 1), KT);
           for (int64_t r = 0; r < bm; ++r) math::exp_shift_row(P + r * HW, HW, scale, lse[pr + r]);
 
+          const int64_t slot = t * N + geo.slot(j);
+          const scalar_t* dz = dout + ds.frame(b, slot) + i0 * ds.sHW;
+          const scalar_t* z = out + os.frame(b, slot) + i0 * os.sHW;
           const acc_t* a = contrastive ? gate + pr : nullptr;
           std::fill(zd, zd + bm, acc_t(0));
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* dzc = dout + zoff + c * TN * HW + i0;
-            const scalar_t* zc = out + zoff + c * TN * HW + i0;
-            acc_t* dyc = dYT + c * bm;
-            if (contrastive) {
-              for (int64_t r = 0; r < bm; ++r) {
-                const acc_t dz = static_cast<acc_t>(dzc[r]);
-                zd[r] += dz * static_cast<acc_t>(zc[r]);
-                dyc[r] = a[r] * dz;
-              }
-            } else {
-              for (int64_t r = 0; r < bm; ++r) {
-                const acc_t dz = static_cast<acc_t>(dzc[r]);
-                zd[r] += dz * static_cast<acc_t>(zc[r]);
-                dyc[r] = dz;
-              }
-            }
-          }
+          for_each_cr(ds.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
+            const acc_t dzv = static_cast<acc_t>(dz[c * ds.sC + r * ds.sHW]);
+            zd[r] += dzv * static_cast<acc_t>(z[c * os.sC + r * os.sHW]);
+            dYT[c * bm + r] = contrastive ? a[r] * dzv : dzv;
+          });
           if (contrastive) {
             const acc_t* twr = TW + ((b * T + t) * HW + i0) * Ck;
             const acc_t* ph = phi + pr * Ck;
@@ -295,7 +296,7 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
           mm_into(dPm, view2d(dYT, bm, C, 1, bm), Xn);
           if (contrastive && !detach) dPm.addmm_(view2d(DPH, bm, Ck, Ck, 1), VPT);
           for (int64_t r = 0; r < bm; ++r) math::dsoftmax_row(dP + r * HW, P + r * HW, HW, delta[r], scale);
-          // dV^T += dY^T P straight into dx of the neighbour frame; dvphi^T += dphi^T P.
+          // dV^T += dY^T P into dx of the neighbour frame; dvphi^T += dphi^T P.
           dXn.addmm_(view2d(dYT, C, bm, bm, 1), Pm);
           if (contrastive) DVPm.addmm_(view2d(DPH, Ck, bm, 1, Ck), Pm);
           mm_into(view2d(DQT, Ck, bm, bm, 1), KT, view2d(dP, HW, bm, 1, HW));
@@ -304,13 +305,18 @@ void backward_kernel(const Geometry& geo, const acc_t* X, const acc_t* Q, const 
           DKTm.addmm_(view2d(Qp, Ck, bm, 1, Ck), dPm);
         }
       }
+      if constexpr (kConvert) {
+        scalar_t* g = dx + gs.frame(b, tn);
+        for_each_cr(gs.hw_inner(), C, HW,
+                    [&](int64_t c, int64_t i) { g[c * gs.sC + i * gs.sHW] = static_cast<scalar_t>(dxbuf[c * HW + i]); });
+      }
     }
   });
 }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> apm_forward_cpu(const Tensor& x, const Tensor& q,
+std::tuple<Tensor, Tensor, Tensor, Tensor> apm_forward_cpu(const Tensor& x_in, const Tensor& q,
                                                            const std::optional<Tensor>& vphi,
                                                            const std::optional<Tensor>& tw, double scale,
                                                            int64_t time_dim, bool contrastive,
@@ -318,15 +324,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_forward_cpu(const Tensor& x, cons
   // The kernel's own ATen calls (mm_out) must run in the accumulation dtype; an enclosing
   // torch.autocast region would otherwise recast them mid-kernel.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  check_args(x, q, vphi, tw, scale, time_dim, contrastive);
-  const Geometry geo = make_geometry(x, q, time_dim);
-  const auto acc_type = acc_type_for(x.scalar_type());
-  const Tensor xs = x.contiguous();
-  const Tensor X = xs.to(acc_type);  // the same tensor unless x is a 16-bit type
+  check_args(x_in, q, vphi, tw, scale, time_dim, contrastive);
+  const Geometry geo = make_geometry(x_in, q, time_dim);
+  const Tensor x = as_native(x_in);
   const Tensor Q = q.contiguous();
   const Tensor VP = contrastive ? vphi->contiguous() : Tensor();
   const Tensor TW = contrastive ? tw->contiguous() : Tensor();
-  Tensor out = at::empty({geo.B, geo.C, geo.N * geo.T, geo.H, geo.W}, xs.options());
+  Tensor out = at::empty({geo.B, geo.C, geo.N * geo.T, geo.H, geo.W}, x.options().memory_format(memory_format_of(x)));
   const auto acc_opts = Q.options();
   Tensor lse = at::empty({geo.B, geo.T, geo.nb, geo.HW}, acc_opts);
   Tensor gate = contrastive ? at::empty({geo.B, geo.T, geo.nb, geo.HW}, acc_opts) : at::empty({0}, acc_opts);
@@ -335,30 +339,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_forward_cpu(const Tensor& x, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "apm_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, acc_t>(
-        geo, xs.const_data_ptr<scalar_t>(), X.const_data_ptr<acc_t>(), Q.const_data_ptr<acc_t>(),
+        geo, x.const_data_ptr<scalar_t>(), strided(x), Q.const_data_ptr<acc_t>(),
         contrastive ? VP.const_data_ptr<acc_t>() : nullptr, contrastive ? TW.const_data_ptr<acc_t>() : nullptr,
-        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
+        out.mutable_data_ptr<scalar_t>(), strided(out), lse.mutable_data_ptr<acc_t>(),
         contrastive ? gate.mutable_data_ptr<acc_t>() : nullptr, contrastive ? phi.mutable_data_ptr<acc_t>() : nullptr,
         static_cast<acc_t>(scale), contrastive);
   });
   return {out, lse, gate, phi};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& q,
-                                                            const std::optional<Tensor>& vphi,
-                                                            const std::optional<Tensor>& tw, const Tensor& out,
+std::tuple<Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(const Tensor& grad_out, const Tensor& x_in,
+                                                            const Tensor& q, const std::optional<Tensor>& vphi,
+                                                            const std::optional<Tensor>& tw, const Tensor& out_in,
                                                             const Tensor& lse, const Tensor& gate, const Tensor& phi,
                                                             double scale, int64_t time_dim, bool contrastive,
                                                             bool detach_gate_inputs) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  check_args(x, q, vphi, tw, scale, time_dim, contrastive);
-  const Geometry geo = make_geometry(x, q, time_dim);
-  const auto acc_type = acc_type_for(x.scalar_type());
+  check_args(x_in, q, vphi, tw, scale, time_dim, contrastive);
+  const Geometry geo = make_geometry(x_in, q, time_dim);
+  const auto acc_type = acc_type_for(x_in.scalar_type());
   const std::vector<int64_t> out_shape = {geo.B, geo.C, geo.N * geo.T, geo.H, geo.W};
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape) && grad_out.sizes() == out.sizes() &&
-                  out.scalar_type() == x.scalar_type(),
+  TORCH_CHECK(out_in.sizes() == at::IntArrayRef(out_shape) && grad_out.sizes() == out_in.sizes() &&
+                  out_in.scalar_type() == x_in.scalar_type(),
               "apm backward: out and grad_out must have shape [B, C, N*T, H, W] = ", at::IntArrayRef(out_shape),
-              " and x's dtype, got ", out.sizes(), " and ", grad_out.sizes());
+              " and x's dtype, got ", out_in.sizes(), " and ", grad_out.sizes());
   const std::vector<int64_t> row_shape = {geo.B, geo.T, geo.nb, geo.HW};
   TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape) && lse.scalar_type() == acc_type,
               "apm backward: lse must be the forward's saved statistic of shape ", at::IntArrayRef(row_shape), ", got ",
@@ -369,18 +373,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(const Tensor& grad_o
                     phi.scalar_type() == acc_type,
                 "apm backward: gate / phi do not match the forward's saved statistics");
   }
-  const Tensor X = x.contiguous().to(acc_type);
+  const Tensor x = as_native(x_in);
+  const Tensor out = as_native(out_in);
+  const Tensor dout = as_native(grad_out.to(out.scalar_type()));
   const Tensor Q = q.contiguous();
   const Tensor VP = contrastive ? vphi->contiguous() : Tensor();
   const Tensor TW = contrastive ? tw->contiguous() : Tensor();
-  const Tensor outc = out.contiguous();
-  const Tensor doutc = grad_out.to(out.scalar_type()).contiguous();
   const Tensor lsec = lse.contiguous();
   const Tensor gatec = gate.contiguous();
   const Tensor phic = phi.contiguous();
 
   const auto acc_opts = Q.options();
-  Tensor dX = at::zeros({geo.B, geo.C, geo.T, geo.H, geo.W}, acc_opts);
+  // Every element of dx is written by the kernel (its frame's work item).
+  Tensor dx = at::empty(x.sizes(), x.options().memory_format(memory_format_of(x)));
   Tensor DQ = at::zeros({geo.B, geo.T, geo.nb, geo.HW, geo.Ck}, acc_opts);
   Tensor DKT = at::zeros({geo.B, geo.T, geo.Ck, geo.HW}, acc_opts);
   Tensor DVPHIT = contrastive ? at::zeros({geo.B, geo.T, geo.Ck, geo.HW}, acc_opts) : Tensor();
@@ -389,18 +394,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(const Tensor& grad_o
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "apm_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_kernel<scalar_t, acc_t>(
-        geo, X.const_data_ptr<acc_t>(), Q.const_data_ptr<acc_t>(), contrastive ? VP.const_data_ptr<acc_t>() : nullptr,
-        contrastive ? TW.const_data_ptr<acc_t>() : nullptr, outc.const_data_ptr<scalar_t>(),
-        doutc.const_data_ptr<scalar_t>(), lsec.const_data_ptr<acc_t>(),
-        contrastive ? gatec.const_data_ptr<acc_t>() : nullptr, contrastive ? phic.const_data_ptr<acc_t>() : nullptr,
-        dX.mutable_data_ptr<acc_t>(), DQ.mutable_data_ptr<acc_t>(), DKT.mutable_data_ptr<acc_t>(),
+        geo, x.const_data_ptr<scalar_t>(), strided(x), Q.const_data_ptr<acc_t>(),
+        contrastive ? VP.const_data_ptr<acc_t>() : nullptr, contrastive ? TW.const_data_ptr<acc_t>() : nullptr,
+        out.const_data_ptr<scalar_t>(), strided(out), dout.const_data_ptr<scalar_t>(), strided(dout),
+        lsec.const_data_ptr<acc_t>(), contrastive ? gatec.const_data_ptr<acc_t>() : nullptr,
+        contrastive ? phic.const_data_ptr<acc_t>() : nullptr, dx.mutable_data_ptr<scalar_t>(), strided(dx),
+        DQ.mutable_data_ptr<acc_t>(), DKT.mutable_data_ptr<acc_t>(),
         contrastive ? DVPHIT.mutable_data_ptr<acc_t>() : nullptr, contrastive ? DLOGIT.mutable_data_ptr<acc_t>() : nullptr,
         static_cast<acc_t>(scale), contrastive, detach_gate_inputs);
   });
 
-  // The centre frames of the output are x itself.
-  dX.view({geo.B, geo.C, geo.T, geo.HW})
-      .add_(doutc.view({geo.B, geo.C, geo.T, geo.N, geo.HW}).select(3, geo.half));
   // q is both the query of its own frame and the key of its neighbours.
   Tensor dq = DQ.sum(2).add_(DKT.transpose(2, 3));
   Tensor dvphi, dtw;
@@ -411,7 +414,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> apm_backward_cpu(const Tensor& grad_o
     dvphi = at::empty({0}, acc_opts);
     dtw = at::empty({0}, acc_opts);
   }
-  return {dX.to(x.scalar_type()), dq, dvphi, dtw};
+  return {dx, dq, dvphi, dtw};
 }
 
 std::string apm_cpu_isa() {

@@ -7,7 +7,7 @@
 //   a = sigmoid(sum_k tw_t * phi),    z = a * y   (a = 1 when contrastive is false),
 // written straight into the interleaved output with the centre copy.
 //
-//   x     [B, C, T, H, W]        features (any floating dtype, any strides)
+//   x     [B, C, T, H, W]        features (any floating dtype)
 //   q     [B, T, HW, Ck]         L2-normalised semantic maps (query and key), accumulation dtype
 //   vphi  [B, T, HW, Ck]         x' W_phi^T                               (None if not contrastive)
 //   tw    [B, T, HW, Ck]         (x' W_theta^T) * w                       (None if not contrastive)
@@ -15,6 +15,9 @@
 //   lse   [B, T, N-1, HW]        log-sum-exp of each row's scaled similarities
 //   gate  [B, T, N-1, HW]        a                                          (empty if not contrastive)
 //   phi   [B, T, N-1, HW, Ck]    P vphi                                     (empty if not contrastive)
+// x, out and grad_out are read and written in place when NCDHW-contiguous or channels_last_3d
+// (other strides are made contiguous first); out and grad_x take x's memory format. For 16-bit
+// x the kernels convert single frames to float32 per thread, never the whole tensor.
 // The accumulation dtype is float64 for float64 x, float32 otherwise. Rows whose neighbour is
 // temporal zero padding hold what the reference computes for them: lse = log(HW), gate = 0.5,
 // phi = 0 (and a zero reconstruction).

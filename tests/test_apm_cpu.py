@@ -81,6 +81,39 @@ def test_core_is_bitwise_deterministic_for_any_thread_count(contrastive, detach)
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+def _peak_and_allocations(fn):
+    """Peak bytes of live CPU allocations during fn() (above the level before it), and the sizes
+    of all allocations, from the profiler's memory events (the kernels allocate through ATen)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, {nbytes for _, nbytes in events if nbytes > 0}
+
+
+def test_bf16_channels_last_3d_runs_without_hidden_full_size_copies():
+    """bf16 channels_last_3d forward + backward: no float32 copy of x or of the output, no
+    NCDHW copy, so its peak memory is well below the float32 NCDHW run's (it would exceed it
+    with a float32 copy of x, as it did before the kernels read both layouts and dtypes in place)."""
+    B, C, T, H, W = 4, 128, 4, 16, 16
+
+    def fwd_bwd(dtype, fmt):
+        x = torch.randn(B, C, T, H, W).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+        weights = [t.to(dtype).requires_grad_() for t in make_inputs(1, C, 1, 1, 1, requires_grad=False)[1:]]
+        grad_out = torch.randn(B, C, 3 * T, H, W).to(dtype).contiguous(memory_format=fmt)
+        run([x, *weights], "cpu")  # warm-up
+        return _peak_and_allocations(lambda: run([x, *weights], "cpu", grad_out=grad_out))
+
+    peak_bf16, sizes_bf16 = fwd_bwd(torch.bfloat16, torch.channels_last_3d)
+    peak_fp32, _ = fwd_bwd(torch.float32, torch.contiguous_format)
+    x_numel = B * C * T * H * W
+    assert 4 * x_numel not in sizes_bf16 and 4 * 3 * x_numel not in sizes_bf16  # float32 copies of x / out
+    assert peak_bf16 < 0.8 * peak_fp32, (peak_bf16, peak_fp32)
+
+
 def test_isa_reports_the_vector_instruction_set_in_use():
     assert cpu_backend.isa() in (
         "x86-64-v4 (AVX-512)",

@@ -37,7 +37,8 @@ and :data:`BACKWARD_SCHEMA` (the tests check that each registered schema is exac
 - ``x`` ``[B, C, T, H, W]`` any floating dtype and strides; ``q``, ``vphi``, ``tw``
   ``[B, T, H*W, Ck]`` in the accumulation dtype (float64 for float64 ``x``, else float32);
   ``vphi`` and ``tw`` are ``None`` when ``contrastive`` is false.
-- ``out`` ``[B, C, N*T, H, W]`` in ``x``'s dtype, contiguous.
+- ``out`` ``[B, C, N*T, H, W]`` and ``grad_x`` in ``x``'s dtype and memory format
+  (:func:`output_memory_format`: channels_last_3d or contiguous).
 - Saved statistics, accumulation dtype, O(HW) per pair and never O(HW^2): ``lse``
   ``[B, T, N-1, HW]`` (log-sum-exp of each row's scaled similarities), ``gate`` ``[B, T, N-1,
   HW]`` and ``phi`` ``[B, T, N-1, HW, Ck]`` (empty when not contrastive). Rows whose neighbour
@@ -66,7 +67,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FORWARD_SCHEMA", "BACKWARD_SCHEMA", "accumulation_dtype", "prologue", "fused_apm"]
+__all__ = ["FORWARD_SCHEMA", "BACKWARD_SCHEMA", "accumulation_dtype", "output_memory_format", "prologue", "fused_apm"]
 
 FORWARD_SCHEMA = (
     "(Tensor x, Tensor q, Tensor? vphi, Tensor? tw, float scale, int time_dim, bool contrastive, "
@@ -82,6 +83,14 @@ BACKWARD_SCHEMA = (
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of q / vphi / tw and of the saved statistics for inputs of ``dtype``."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``out`` and ``grad_x``: channels_last_3d when x is (and not also
+    contiguous, which happens when a dimension is 1), else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

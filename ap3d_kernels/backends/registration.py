@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..flops import core_backward_flops, core_forward_flops
-from . import accumulation_dtype
+from . import accumulation_dtype, output_memory_format
 
 __all__ = ["register_core", "DOUBLE_BACKWARD_MESSAGE"]
 
@@ -71,7 +71,8 @@ def register_core(namespace: str, backend: str) -> None:
         B, C, T, H, W = x.shape
         acc = accumulation_dtype(x.dtype)
         rows = (B, T, time_dim - 1, H * W)
-        out = x.new_empty((B, C, time_dim * T, H, W))
+        out = torch.empty((B, C, time_dim * T, H, W), dtype=x.dtype, device=x.device,
+                          memory_format=output_memory_format(x))
         lse = x.new_empty(rows, dtype=acc)
         if contrastive:
             return out, lse, x.new_empty(rows, dtype=acc), x.new_empty((*rows, q.shape[-1]), dtype=acc)
@@ -79,7 +80,7 @@ def register_core(namespace: str, backend: str) -> None:
 
     def backward_fake(grad_out, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, contrastive,
                        detach_gate_inputs):
-        grad_x = x.new_empty(x.shape)
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
         grad_q = q.new_empty(q.shape)
         if contrastive:
             return grad_x, grad_q, q.new_empty(q.shape), q.new_empty(q.shape)

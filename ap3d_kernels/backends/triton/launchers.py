@@ -7,7 +7,7 @@ import math
 import torch
 import triton
 
-from .. import accumulation_dtype
+from .. import accumulation_dtype, output_memory_format
 from .kernels import (
     INTERPRETED,
     apm_bwd_dk_kernel,
@@ -77,10 +77,18 @@ def _pair_table(T: int, time_dim: int, device: torch.device) -> torch.Tensor:
     return table
 
 
+def _as_format(t: torch.Tensor, B: int, H: int, W: int, fmt: torch.memory_format) -> torch.Tensor:
+    """[B, C, F, HW] NCDHW result as [B, C, F, H, W] in the contract's memory format. The kernels
+    write NCDHW, so a channels_last_3d caller costs one copy here (unlike the CPU kernels, which
+    read and write either layout in place)."""
+    return t.view(B, t.shape[1], t.shape[2], H, W).contiguous(memory_format=fmt)
+
+
 def launch_forward(x, q, vphi, tw, scale, time_dim, contrastive):
     """``apm_fwd`` of the contract (see ``ap3d_kernels.backends``)."""
     B, C, T, H, W = x.shape
     HW = H * W
+    fmt = output_memory_format(x)
     x = x.reshape(B, C, T, HW).contiguous()
     q, vphi, tw = (None if t is None else t.contiguous() for t in (q, vphi, tw))
     ck = q.shape[-1]
@@ -105,9 +113,8 @@ def launch_forward(x, q, vphi, tw, scale, time_dim, contrastive):
         phi = x.new_empty((0,), dtype=acc)
     pairs = _pair_table(T, time_dim, x.device)
     n_pairs = pairs.shape[0]
-    out5 = out.view(B, C, time_dim * T, H, W)
     if n_pairs == 0:  # T = 1: every neighbour is padding
-        return out5, lse, gate, phi
+        return _as_format(out, B, H, W, fmt), lse, gate, phi
     block_c = _value_block(C)
 
     def grid(meta):
@@ -123,13 +130,14 @@ def launch_forward(x, q, vphi, tw, scale, time_dim, contrastive):
         ROW_MAX=not _fixed_offset_ok(scale, x.dtype), PREC=_dot_precision(x.dtype, _tf32_allowed()),
         BLOCK_C=block_c,
     )
-    return out5, lse, gate, phi
+    return _as_format(out, B, H, W, fmt), lse, gate, phi
 
 
 def launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, contrastive, detach_gate_inputs):
     """``apm_bwd`` of the contract (see ``ap3d_kernels.backends``)."""
     B, C, T, H, W = x.shape
     HW = H * W
+    fmt = output_memory_format(x)
     x = x.reshape(B, C, T, HW).contiguous()
     dout = dout.to(x.dtype).reshape(B, C, time_dim * T, HW).contiguous()
     out = out.reshape(B, C, time_dim * T, HW).contiguous()
@@ -189,5 +197,5 @@ def launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, 
     )
     if not contrastive:  # two distinct empties: op outputs must not alias each other
         dvphi, dtw = x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
-    return dx.view(B, C, T, H, W), dq + dk, dvphi, dtw
+    return _as_format(dx, B, H, W, fmt), dq + dk, dvphi, dtw
 
