@@ -50,6 +50,24 @@ and :data:`BACKWARD_SCHEMA` (the tests check that each registered schema is exac
   one writer per gradient. It is not itself differentiable: double backward raises (use
   ``backend="reference"`` for higher-order gradients).
 
+Why this signature (as FlashAttention keeps one op signature on every path):
+
+- *Projected maps in, not weights.* The projections are O(HW C Ck), cheap next to the O(HW^2 C)
+  core; outside the op, autograd differentiates them (and the release's detach semantics)
+  exactly, so no kernel carries a hand-written backward for them.
+- *phi = P vphi rather than phi(y).* Accumulated beside ``P @ V`` in the key loop, it gives the
+  gate at the end of that loop without the phi weights and without a second pass over y, so a
+  kernel may split C across programs.
+- *w folded into tw.* The gate logit becomes a plain dot product; one input fewer.
+- *x itself, 5-D.* It is both the values and the centre copy, and its memory format
+  (channels_last_3d) carries through to out and grad_x.
+- *detach_gate_inputs in the forward's schema.* It changes only the backward, but autograd is
+  registered on the operator, so what the backward needs must be an input.
+- *Statistics as outputs* (like FlashAttention's ``softmax_lse``): plain tensors that autograd
+  saves and ``torch.compile`` traces, marked non-differentiable.
+- *One namespace per backend.* The Triton interpreter runs on CPU tensors, so the two backends
+  cannot share one operator with per-device kernels.
+
 Around each operator (``registration.register_core``, shared): fake kernels for
 ``torch.compile`` / ``opcheck``, the autograd formula, and the FLOP formulas of
 :mod:`ap3d_kernels.flops`, registered when the backend module is imported.
