@@ -271,11 +271,16 @@ void backward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const a
           const scalar_t* z = out + os.frame(b, slot) + i0 * os.sHW;
           const acc_t* a = contrastive ? gate + pr : nullptr;
           std::fill(zd, zd + bm, acc_t(0));
-          for_each_cr(ds.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
+          const auto read_dz = [&](int64_t c, int64_t r) {
             const acc_t dzv = static_cast<acc_t>(dz[c * ds.sC + r * ds.sHW]);
             zd[r] += dzv * static_cast<acc_t>(z[c * os.sC + r * os.sHW]);
-            dYT[c * bm + r] = contrastive ? a[r] * dzv : dzv;
-          });
+            return dzv;
+          };
+          if (contrastive) {  // two loops rather than a branch per element: both vectorise
+            for_each_cr(ds.hw_inner(), C, bm, [&](int64_t c, int64_t r) { dYT[c * bm + r] = a[r] * read_dz(c, r); });
+          } else {
+            for_each_cr(ds.hw_inner(), C, bm, [&](int64_t c, int64_t r) { dYT[c * bm + r] = read_dz(c, r); });
+          }
           if (contrastive) {
             const acc_t* twr = TW + ((b * T + t) * HW + i0) * Ck;
             const acc_t* ph = phi + pr * Ck;
