@@ -96,7 +96,7 @@ def _check_tensor(name: str, t, *, ndim: int, expected: str) -> None:
             f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}"
         )
     if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {expected}, got {describe(t)}")
+        raise ValueError(f"{name} must have rank {ndim}, shape {expected}, got rank {t.dim()} ({describe(t)})")
 
 
 def check_apm_args(
@@ -109,18 +109,34 @@ def check_apm_args(
     scale,
     time_dim,
     contrastive: bool,
+    caller: Optional[str] = None,
 ) -> tuple[float, int]:
-    """Validate the arguments of ``apm``; returns the normalised ``(scale, time_dim)``."""
+    """Validate the arguments of ``apm``; returns the normalised ``(scale, time_dim)``.
+
+    ``caller`` (e.g. ``"APM"``, when the module calls) prefixes every message.
+    """
+    try:
+        return _check_apm_args(x, g_weight, theta_weight, phi_weight, att_weight, scale, time_dim, contrastive)
+    except (TypeError, ValueError) as exc:
+        if caller is None:
+            raise
+        raise type(exc)(f"{caller}: {exc}") from None
+
+
+def _check_apm_args(x, g_weight, theta_weight, phi_weight, att_weight, scale, time_dim, contrastive):
     _check_tensor("x", x, ndim=5, expected="[B, C, T, H, W]")
     B, C, T, H, W = x.shape
     # not min(...): under torch.export's symbolic sizes, min() of a dynamic batch and a fixed C guards batch <= C
     if any(d == 0 for d in (B, C, T, H, W)):
         raise ValueError(f"x must have no empty dimension ([B, C, T, H, W] all >= 1), got {describe(x)}")
     _check_tensor("g_weight", g_weight, ndim=2, expected=f"[Ck, C={C}]")
-    ck = g_weight.shape[0]
-    if g_weight.shape[1] != C or ck == 0:
+    ck, c_w = g_weight.shape
+    if ck == 0 or c_w == 0:
+        raise ValueError(f"g_weight must have shape [Ck, C] with Ck, C >= 1, got {describe(g_weight)}")
+    if c_w != C:
         raise ValueError(
-            f"g_weight must have shape [Ck, C] with C = x.shape[1] = {C} and Ck >= 1, got {describe(g_weight)}"
+            f"x must have {c_w} channels (shape [B, C={c_w}, T, H, W], to match g_weight of shape [Ck={ck}, C={c_w}]), "
+            f"got {C} ({describe(x)})"
         )
     named = [("g_weight", g_weight)]
     if contrastive:

@@ -90,7 +90,7 @@ def copy_package(dest):
 
 FIRST_USE = textwrap.dedent("""
     import warnings, torch, ap3d_kernels
-    from ap3d_kernels import apm_cpu
+    from ap3d_kernels.backends import cpu as apm_cpu
     print("CPU BACKEND", "cpu" in ap3d_kernels.available_backends("cpu"))
     print("REASON", apm_cpu.is_available()[1])
     x = torch.randn(1, 8, 3, 3, 2)
