@@ -7,6 +7,8 @@ table and writes ``<checkpoint stem>.results.json`` next to the checkpoint. Seve
 checkpoints (e.g. the 10 iLIDS-VID / PRID split models) are evaluated in turn, and the mean
 over them is printed and written to ``--output`` (default: ``results_mean.json`` in their
 common directory). Runs under torchrun too (features are extracted on all ranks).
+Precision and layout are not taken from the checkpoint: ``--amp`` / ``--memory-format`` default
+to ``auto``, the policy for the machine the test runs on (``reid.engine.precision``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .engine import distributed as du
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.config import ConfigError, build_parser, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
+from .engine.precision import resolve_policy
 from .engine.reporting import setup_logger
 from .engine.trainer import build_data, build_network
 
@@ -35,8 +38,9 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
         base = config_from_dict(ckpt["config"], source=path)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
-    # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint
-    base = dataclasses.replace(base, pretrained=None, resume=None)
+    # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
+    # precision and layout are chosen for THIS machine (the training machine's may not exist here)
+    base = dataclasses.replace(base, pretrained=None, resume=None, amp="auto", memory_format="auto")
     cfg = load_config(args, base=base)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
@@ -53,6 +57,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     if info.is_main:
         log.info(f"{path}: {cfg.arch}, epoch {ckpt['epoch']}, {cfg.dataset} split {cfg.split_id}")
         log.info(ds.summary() if hasattr(ds, "summary") else cfg.dataset)
+        log.info(resolve_policy(cfg.amp, cfg.memory_format, info.device).describe())
     result = evaluate(model, ds, cfg, info.device)
     if info.is_main:
         result.update(checkpoint=os.path.abspath(path), epoch=int(ckpt["epoch"]), arch=cfg.arch)

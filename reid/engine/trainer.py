@@ -36,8 +36,9 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import Config, ConfigError
-from .evaluator import autocast_context, evaluate, format_results, mean_over_splits, write_json
+from .evaluator import evaluate, format_results, mean_over_splits, write_json
 from .optim import WarmupMultiStepLR, build_optimizer
+from .precision import resolve_policy
 from .reporting import TensorBoard, setup_logger
 
 __all__ = ["NonFiniteLossError", "train", "train_one_split", "build_data", "build_network", "seed_everything"]
@@ -143,8 +144,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
     log = _log()
     main = info.is_main
     device = info.device
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp: got 'fp16', which needs a CUDA device; use --amp bf16 on CPU (or none)")
+    policy = resolve_policy(cfg.amp, cfg.memory_format, device)
     if main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
@@ -185,7 +185,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
         )
 
     seed_everything(cfg.seed)  # same initial weights on every rank and in every run
-    model = build_network(cfg, ds.num_train_pids, cfg.pretrained).to(device)
+    model = policy.prepare_model(build_network(cfg, ds.num_train_pids, cfg.pretrained).to(device))
     criterion = ReIDLoss(
         ds.num_train_pids,
         ce_weight=cfg.ce_weight,
@@ -196,7 +196,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
     )
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     scheduler = WarmupMultiStepLR(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_epochs, cfg.warmup_factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=policy.amp == "fp16")
 
     start_epoch, global_step = 0, 0
     best = {"mAP": -1.0, "epoch": None}
@@ -239,8 +239,9 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
         log.info(
             f"{cfg.arch} ({n_params:.2f}M parameters) | {info.world_size} process(es) on {device} ({info.backend}) | "
             f"batch {cfg.num_identities}x{cfg.num_instances} clips of {cfg.seq_len}x{cfg.height}x{cfg.width} | "
-            f"{steps_per_epoch} steps/epoch | epochs {start_epoch}->{cfg.epochs} | amp {cfg.amp}"
+            f"{steps_per_epoch} steps/epoch | epochs {start_epoch}->{cfg.epochs}"
         )
+        log.info(policy.describe())
 
     def make_checkpoint(epoch_done: int, with_state: bool) -> dict:
         ck = {
@@ -278,16 +279,18 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
             train_model.train()
             sums = torch.zeros(4, dtype=torch.float64)
             t_epoch = time.time()
-            t_step = time.time()
+            t_step = t_ready = time.time()
+            data_wait = 0.0  # time spent blocked on the loader, reported as a share of the epoch
             lr = optimizer.param_groups[0]["lr"]
             if bar is not None:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             for step, (clips, pids, _camids) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
-                clips = clips.to(device, non_blocking=True)
+                data_wait += time.time() - t_ready
+                clips = policy.prepare_batch(clips.to(device, non_blocking=True))
                 pids = torch.as_tensor(pids).long().to(device, non_blocking=True)
-                with autocast_context(device, cfg.amp):
+                with policy.autocast(device):
                     logits, feats = train_model(clips)
                 loss, parts = criterion(logits.float(), feats.float(), pids)
                 acc = (logits.argmax(1) == pids).float().mean()
@@ -337,6 +340,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
                             f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} | loss {rec['loss']:.4f} "
                             f"(ce {rec['ce']:.4f}, triplet {rec['triplet']:.4f}) | {clips_per_s:.1f} clips/s"
                         )
+                t_ready = time.time()
             scheduler.step()
             epoch_done = epoch + 1
             n = max(min(steps_per_epoch, step + 1), 1)
@@ -350,9 +354,10 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
                     f"epoch {epoch_done}/{cfg.epochs} | loss {mean[0]:.4f} (ce {mean[1]:.4f}, triplet {mean[2]:.4f}) | "
                     f"acc {100 * mean[3]:.1f}% | lr {lr:.2e} | "
                     f"{steps_per_epoch * cfg.num_identities * cfg.num_instances / epoch_time:.1f} clips/s | "
-                    f"{_format_duration(epoch_time)} | ETA {_format_duration(eta)}"
+                    f"data wait {100 * data_wait / epoch_time:.1f}% | {_format_duration(epoch_time)} | ETA {_format_duration(eta)}"
                 )
-                tb.scalars(epoch_done, **{"epoch/loss": mean[0], "epoch/acc": mean[3], "epoch/lr": lr})
+                tb.scalars(epoch_done, **{"epoch/loss": mean[0], "epoch/acc": mean[3], "epoch/lr": lr,
+                                          "epoch/data_wait_share": data_wait / epoch_time})
             improved = False
             if cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
                 du.broadcast_module_state(_unwrap(model))
@@ -387,6 +392,7 @@ def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo)
             epochs=cfg.epochs,
             train_time_s=round(train_time, 1),
             arch=cfg.arch,
+            precision=policy.as_dict(),
         )
         write_json(result, os.path.join(out_dir, RESULTS_NAME))
         tb.scalars(cfg.epochs, **{f"test/{k}": v for k, v in result["metrics"].items() if k in ("rank1", "rank5", "mAP", "mINP")})
