@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Whole-model benchmark: training step and feature extraction of C2D, P3D-C and AP3D.
+
+    python bench/bench_model.py --device cpu              # both shapes, every setting (long)
+    python bench/bench_model.py --device cpu --shapes paper --compile off
+    python bench/bench_model.py --quick                   # tiny smoke run (tests, GPU check script)
+
+Shapes: "default" = what ``python -m reid.train`` runs (ResNet-18, clips of 4x128x64, batch 8x4 = 32,
+test clips of 32 frames in batches of 8) and "paper" (ResNet-50, 4x256x128, batch 8 on CPU / 32 on
+GPU; test batches of 2 clips of 32 frames on CPU, 8 on GPU). Settings: precision (fp32, bf16
+autocast, fp16 autocast on CUDA) x layout (contiguous NCDHW, channels_last_3d) x torch.compile
+(off/on; on is tried at the shapes in --compile-shapes, and a failure is recorded with its reason).
+
+- training step: forward, the ReID loss (cross-entropy + triplet), backward and an Adam step on
+  random clips, exactly as ``reid.engine.trainer`` does it (GradScaler under fp16);
+- inference: eval-mode forward under ``torch.inference_mode``, reported as clips/s and frames/s;
+- the three networks are timed interleaved (C2D, P3D-C, AP3D, C2D, ...) so that load changing
+  over time hits them alike; each figure is the fastest of --repeats runs;
+- data wait (default shape): AP3D trains --data-steps steps on batches from the real train loader
+  (the cached synthetic set, --workers worker processes as in the default run); the share of
+  wall time spent blocked on the loader is reported next to that step time;
+- --profile: where AP3D's extra training time over C2D goes (torch.profiler, self time per op).
+
+Results: a table on stdout and bench/results/model_<device>.{json,md} with the machine's facts.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import describe_machine, machine_facts, sync, write_results  # noqa: E402
+from reid.engine.precision import resolve_policy  # noqa: E402
+from reid.losses import ReIDLoss  # noqa: E402
+from reid.models import build_model  # noqa: E402
+
+ARCHS = {"C2D": "c2d", "P3D-C": "p3d_c", "AP3D": "ap3d"}
+AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    backbone: str
+    T: int
+    H: int
+    W: int
+    P: int  # identities per batch
+    K: int  # clips per identity
+    infer_clips: int
+    infer_len: int
+    num_classes: int
+
+    @property
+    def batch(self) -> int:
+        return self.P * self.K
+
+    def label(self) -> str:
+        return f"{self.backbone}, {self.batch}x{self.T}x{self.H}x{self.W}"
+
+
+def shapes_for(device: torch.device, quick: bool) -> dict:
+    if quick:
+        return {"quick": Shape("resnet18", 4, 32, 16, 2, 2, 2, 8, 8)}
+    gpu = device.type == "cuda"
+    return {
+        "default": Shape("resnet18", 4, 128, 64, 8, 4, 8, 32, 150),
+        "paper": Shape("resnet50", 4, 256, 128, 8 if gpu else 2, 4, 8 if gpu else 2, 32, 625),
+    }
+
+
+class Runner:
+    """One network under one setting: a training step and an inference pass on fixed inputs."""
+
+    def __init__(self, arch: str, shape: Shape, precision: str, layout: str, compiled: bool, device):
+        self.device, self.policy = device, resolve_policy(AMP[precision], layout, device)
+        torch.manual_seed(0)
+        self.model = self.policy.prepare_model(build_model(f"{arch}_{shape.backbone}", num_classes=shape.num_classes).to(device))
+        self.run = torch.compile(self.model) if compiled else self.model
+        self.criterion = ReIDLoss(shape.num_classes)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=3e-4, weight_decay=5e-4)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.policy.amp == "fp16")
+        gen = torch.Generator().manual_seed(1)
+        self.clips = torch.randn(shape.batch, 3, shape.T, shape.H, shape.W, generator=gen).to(device)
+        self.pids = torch.arange(shape.P).repeat_interleave(shape.K).to(device)
+        self.test_clips = torch.randn(shape.infer_clips, 3, shape.infer_len, shape.H, shape.W, generator=gen).to(device)
+
+    def train_step(self, clips=None, pids=None):
+        self.model.train()
+        clips = self.policy.prepare_batch(self.clips if clips is None else clips.to(self.device, non_blocking=True))
+        pids = self.pids if pids is None else pids.to(self.device)
+        with self.policy.autocast(self.device):
+            logits, feats = self.run(clips)
+        loss, _ = self.criterion(logits.float(), feats.float(), pids)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss
+
+    def infer(self):
+        self.model.eval()
+        with torch.inference_mode(), self.policy.autocast(self.device):
+            return self.run(self.policy.prepare_batch(self.test_clips))
+
+
+def interleaved(fns: dict, device, repeats: int) -> dict:
+    """{name: (fastest, median) seconds}, running the functions round-robin."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {n: (min(t), sorted(t)[len(t) // 2]) for n, t in times.items()}
+
+
+def real_batches(shape: Shape, args):
+    """Endless (clips, pids) from the real train loader on the synthetic set (cached after first use)."""
+    from reid.data import build_dataset, build_train_loader
+
+    options = dict(num_train_ids=8, num_test_ids=4, min_frames=8, max_frames=16, height=shape.H, width=shape.W,
+                   tracklets_per_camera=2) if args.quick else {}
+    ds = build_dataset("synthetic", root=args.synthetic_root, verbose=False, **options)
+    if ds.num_train_pids != shape.num_classes:  # the classifier must cover the loader's labels
+        raise RuntimeError(f"synthetic set has {ds.num_train_pids} training identities, the shape expects {shape.num_classes}")
+    loader = build_train_loader(ds.train, seq_len=shape.T, stride=8, height=shape.H, width=shape.W,
+                                num_identities=shape.P, num_instances=shape.K, num_workers=args.workers)
+    epoch = 0
+    while True:
+        loader.batch_sampler.set_epoch(epoch)
+        for clips, pids, _ in loader:
+            yield clips, torch.as_tensor(pids).long()
+        epoch += 1
+
+
+def data_wait(runner: Runner, batches, steps: int, device) -> dict:
+    """Train `steps` steps on loader batches: the step time and the share of it spent waiting."""
+    runner.train_step(*next(batches))  # the first batch after a pause is not steady state
+    waited, t0 = 0.0, time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - t
+        runner.train_step(*batch)
+        sync(device)
+    total = time.perf_counter() - t0
+    return {"loader_step_ms": 1e3 * total / steps, "data_wait_share": waited / total}
+
+
+def measure_setting(shape_name, shape, precision, layout, compiled, args, device, batches=None) -> list:
+    """Rows for the three networks under one setting (or one row saying why it was skipped)."""
+    base = dict(shape=shape_name, **asdict(shape), batch=shape.batch, precision=precision, layout=layout,
+                compile=compiled)
+    runners, rows = {}, []
+    try:
+        for label in args.archs:
+            runners[label] = Runner(ARCHS[label], shape, precision, layout, compiled, device)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):  # with compile on, the first call compiles
+                runners[label].train_step()
+                runners[label].infer()
+            sync(device)
+            base.setdefault("warmup_s", {})[label] = round(time.perf_counter() - t0, 1)
+        train = interleaved({k: r.train_step for k, r in runners.items()}, device, args.repeats)
+        infer = interleaved({k: r.infer for k, r in runners.items()}, device, args.repeats)
+    except Exception as exc:  # noqa: BLE001 -- a setting that cannot run is recorded, not fatal
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        print(f"  skipped: {reason}", flush=True)
+        return [dict(base, skipped=reason)]
+    auto = resolve_policy("auto", "auto", device)
+    for label, r in runners.items():
+        (t_min, t_med), (i_min, i_med) = train[label], infer[label]
+        rows.append(dict(base, arch=label, auto=(r.policy.amp, r.policy.memory_format) == (auto.amp, auto.memory_format) and not compiled,
+                         train_ms=1e3 * t_min, train_median_ms=1e3 * t_med, train_clips_per_s=shape.batch / t_min,
+                         infer_ms=1e3 * i_min, infer_median_ms=1e3 * i_med,
+                         infer_clips_per_s=shape.infer_clips / i_min,
+                         infer_frames_per_s=shape.infer_clips * shape.infer_len / i_min))
+    if batches is not None and "AP3D" in runners and args.data_steps:
+        rows[-1].update(data_wait(runners["AP3D"], batches, args.data_steps, device))
+    del runners
+    gc.collect()
+    return rows
+
+
+def profile_extra_time(shape: Shape, precision: str, layout: str, device, top: int = 12) -> list:
+    """Self time per op of one training step, AP3D minus C2D, largest differences first (ms)."""
+    per_arch = {}
+    for label in ("C2D", "AP3D"):
+        r = Runner(ARCHS[label], shape, precision, layout, False, device)
+        r.train_step()
+        r.train_step()
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            r.train_step()
+            sync(device)
+        attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        per_arch[label] = {e.key: getattr(e, attr) / 1e3 for e in prof.key_averages()}
+    ops = set(per_arch["C2D"]) | set(per_arch["AP3D"])
+    diff = [(op, per_arch["AP3D"].get(op, 0.0), per_arch["C2D"].get(op, 0.0)) for op in ops]
+    diff.sort(key=lambda d: -abs(d[1] - d[2]))
+    total = {k: sum(v.values()) for k, v in per_arch.items()}
+    return [{"op": "(all ops)", "ap3d_ms": total["AP3D"], "c2d_ms": total["C2D"]}] + [
+        {"op": op, "ap3d_ms": a, "c2d_ms": c} for op, a, c in diff[:top]
+    ]
+
+
+def render_markdown(meta: dict, rows: list, profile: list) -> str:
+    ok = [r for r in rows if "skipped" not in r]
+    settings = list(dict.fromkeys((r["shape"], r["precision"], r["layout"], r["compile"]) for r in ok))
+    by = {(r["shape"], r["precision"], r["layout"], r["compile"], r["arch"]): r for r in ok}
+    archs = list(dict.fromkeys(r["arch"] for r in ok))
+    shapes = {r["shape"]: r for r in ok}
+
+    def cells(key, field, fmt):
+        return " | ".join(format(by[(*key, a)][field], fmt) if (*key, a) in by else "-" for a in archs)
+
+    def ratio(key, field):
+        a, c = by.get((*key, "AP3D")), by.get((*key, "C2D"))
+        return f"{a[field] / c[field]:.3f}" if a and c else "-"
+
+    lines = [f"# Model benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})", "", describe_machine(meta) + ".",
+             "", f"Command: `{meta['command']}`. {meta['timing']}", "",
+             "Shapes: " + "; ".join(f"**{n}** = {r['backbone']}, training batch {r['batch']} clips of "
+                                    f"{r['T']}x{r['H']}x{r['W']}, inference batch {r['infer_clips']} clips of "
+                                    f"{r['infer_len']} frames" for n, r in shapes.items()) + ".",
+             "", "**auto** marks what `--amp auto --memory-format auto` picks on this machine. Speed-up: against "
+             "fp32 contiguous eager of the same network and shape.", "", "## Training step (fwd + loss + bwd + Adam)", "",
+             "| shape | precision | layout | compile | " + " | ".join(f"{a} ms" for a in archs)
+             + " | AP3D/C2D | AP3D clips/s | AP3D speed-up | data wait (real loader) |",
+             "|---|---|---|---|" + "---:|" * (len(archs) + 4)]
+    def head(key):
+        ap = by.get((*key, "AP3D"), {})
+        return f"| {key[0]} | {key[1]}{' **auto**' if ap.get('auto') else ''} | {key[2]} | {'on' if key[3] else 'off'} | "
+
+    for key in settings:
+        base, ap = by.get((key[0], "fp32", "contiguous", False, "AP3D")), by.get((*key, "AP3D"))
+        tail = " | - | - | - | - |"
+        if ap and base:
+            wait = f"{100 * ap['data_wait_share']:.1f}% of {ap['loader_step_ms']:.0f} ms" if "data_wait_share" in ap else "-"
+            tail = (f" | {ratio(key, 'train_ms')} | {ap['train_clips_per_s']:.1f} | "
+                    f"{base['train_ms'] / ap['train_ms']:.2f}x | {wait} |")
+        lines.append(head(key) + cells(key, "train_ms", ".0f") + tail)
+    lines += ["", "## Inference (eval-mode forward under inference_mode)", "",
+              "| shape | precision | layout | compile | " + " | ".join(f"{a} frames/s" for a in archs)
+              + " | AP3D clips/s | AP3D/C2D time | AP3D speed-up |", "|---|---|---|---|" + "---:|" * (len(archs) + 3)]
+    for key in settings:
+        base, ap = by.get((key[0], "fp32", "contiguous", False, "AP3D")), by.get((*key, "AP3D"))
+        tail = " | - | - | - |"
+        if ap and base:
+            tail = f" | {ap['infer_clips_per_s']:.2f} | {ratio(key, 'infer_ms')} | {base['infer_ms'] / ap['infer_ms']:.2f}x |"
+        lines.append(head(key) + cells(key, "infer_frames_per_s", ".0f") + tail)
+    skipped = [r for r in rows if "skipped" in r]
+    if skipped:
+        lines += ["", "## Skipped settings", ""] + [
+            f"- {r['shape']} {r['precision']} {r['layout']} compile {'on' if r['compile'] else 'off'}: {r['skipped']}"
+            for r in skipped]
+    compiled = [r for r in ok if r["compile"] and r["arch"] == archs[0]]
+    if compiled:
+        lines += ["", "Compile time (first training step + first inference, per network, s): " + "; ".join(
+            f"{r['shape']} {r['precision']} {r['layout']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["warmup_s"].items())
+            for r in compiled) + "."]
+    if profile:
+        p = meta["profile"]
+        lines += ["", f"## Where AP3D's extra training time goes ({p['shape']}, {p['precision']}, {p['layout']})", "",
+                  "torch.profiler self time of one training step, per op, largest AP3D - C2D differences first.", "",
+                  "| op | AP3D ms | C2D ms | AP3D - C2D ms |", "|---|---:|---:|---:|"]
+        lines += [f"| `{d['op']}` | {d['ap3d_ms']:.1f} | {d['c2d_ms']:.1f} | {d['ap3d_ms'] - d['c2d_ms']:+.1f} |" for d in profile]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="tiny shape, one repeat, no compile: a smoke run")
+    p.add_argument("--shapes", default="default,paper", help="comma list of default, paper")
+    p.add_argument("--archs", default=",".join(ARCHS), help=f"comma list of {', '.join(ARCHS)}")
+    p.add_argument("--precisions", default=None, help="comma list (default: fp32,bf16 on cpu; fp32,bf16,fp16 on cuda)")
+    p.add_argument("--layouts", default="contiguous,channels_last_3d")
+    p.add_argument("--compile", default="off,on", help="comma list of off, on")
+    p.add_argument("--compile-shapes", default="default", help="shapes where compile on is tried (it takes minutes per network on CPU)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data-steps", type=int, default=6, help="real-loader steps for the data-wait share (0 = skip)")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes (the default run's num_workers)")
+    p.add_argument("--synthetic-root", default=None, help="synthetic set cache directory (default: ~/.cache)")
+    p.add_argument("--profile", default=None, metavar="SHAPE:PRECISION:LAYOUT", help="profile AP3D vs C2D, e.g. paper:fp32:contiguous")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    args.precisions = (args.precisions or ("fp32,bf16" if device.type == "cpu" else "fp32,bf16,fp16")).split(",")
+    lists = {"archs": list(ARCHS), "precisions": list(AMP), "layouts": ["contiguous", "channels_last_3d"],
+             "compile": ["off", "on"], "shapes": ["default", "paper"]}
+    for key, allowed in lists.items():
+        values = getattr(args, key) if isinstance(getattr(args, key), list) else getattr(args, key).split(",")
+        if not values or any(v not in allowed for v in values):
+            p.error(f"--{key}: got {','.join(values)}, expected a comma list of {', '.join(allowed)}")
+        setattr(args, key, values)
+    if "fp16" in args.precisions and device.type == "cpu":
+        p.error("--precisions: fp16 autocast is for CUDA; on CPU use fp32,bf16")
+    if args.quick:
+        args.shapes, args.compile, args.repeats, args.warmup, args.data_steps = ["quick"], ["off"], 1, 1, min(args.data_steps, 2)
+    return args, device
+
+
+def main(argv=None):
+    args, device = parse_args(argv)
+    meta = machine_facts(device)
+    meta.update(command="python bench/bench_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                timing=f"Each figure is the fastest of {args.repeats} runs after {args.warmup} warm-up run(s), "
+                       "the networks interleaved.",
+                auto_policy=resolve_policy("auto", "auto", device).as_dict())
+    print(f"# model benchmark: {describe_machine(meta)}", flush=True)
+    shapes, rows, batches = shapes_for(device, args.quick), [], None
+    for name in args.shapes:
+        shape = shapes[name]
+        if name in ("default", "quick") and args.data_steps:
+            batches = real_batches(shape, args)
+        for compiled in (c == "on" for c in args.compile):
+            for precision in args.precisions:
+                for layout in args.layouts:
+                    if compiled and name not in args.compile_shapes.split(",") + ["quick"]:
+                        rows.append(dict(shape=name, precision=precision, layout=layout, compile=True,
+                                         skipped=f"not tried at this shape (--compile-shapes {args.compile_shapes}): "
+                                                 "compiling takes minutes per network and setting on this machine"))
+                        continue
+                    print(f"{name} ({shape.label()}) {precision} {layout} compile {'on' if compiled else 'off'}", flush=True)
+                    new = measure_setting(name, shape, precision, layout, compiled, args, device,
+                                          batches if name in ("default", "quick") else None)
+                    for r in new:
+                        if "arch" in r:
+                            extra = f"  data wait {100 * r['data_wait_share']:.1f}%" if "data_wait_share" in r else ""
+                            print(f"  {r['arch']:6s} train {r['train_ms']:8.1f} ms  infer {r['infer_frames_per_s']:7.1f} "
+                                  f"frames/s{extra}", flush=True)
+                    rows += new
+        batches = None
+    profile = []
+    if args.profile:
+        shape_name, precision, layout = args.profile.split(":")
+        profile = profile_extra_time(shapes[shape_name], precision, layout, device)
+        meta["profile"] = dict(shape=shape_name, precision=precision, layout=layout)
+    meta["load_avg_end"] = list(os.getloadavg())
+    md = render_markdown(meta, rows, profile)
+    paths = write_results(os.path.join(args.out_dir, f"model_{device.type}"), {"meta": meta, "rows": rows, "profile": profile}, md)
+    print("\n" + md + "\nwritten: " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()
