@@ -28,21 +28,18 @@ Results: printed, and written to bench/results/apm_<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _common import machine_facts, sync, time_runs, write_results  # noqa: E402
 from ap3d_kernels import apm, apm_backward_flops, apm_forward_flops, apm_reference, available_backends  # noqa: E402
 from ap3d_kernels.reference import neighbour_offsets  # noqa: E402
 
@@ -102,26 +99,6 @@ def sdpa_backend_name(device, dtype, C, HW):
 # ------------------------------------------------------------------------------------------------
 # Measurement helpers
 # ------------------------------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_runs(fn, device, warmup, repeats):
-    """(min, median) wall time of fn over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
-
-
 def peak_extra_bytes(fn, device):
     """Peak of live allocations during fn() above the level before it (bytes)."""
     if device.type == "cuda":
@@ -225,20 +202,15 @@ def main(argv=None):
     T = args.frames
     dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")).split(",")]
     impls = implementations(device)
-    load_start = os.getloadavg()
-
-    meta = {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+    meta = machine_facts(device)  # date, commit, CPU model + ISA flags, threads, torch, load average
+    load_start = meta["load_avg_start"]
+    meta.update({
         "batch": B,
         "frames": T,
         "time_dim": 3,
         "impls": list(impls),
         "timing": f"fastest of {args.repeats} runs after {args.warmup} warm-up runs",
-    }
+    })
     if device.type == "cpu":
         try:
             from ap3d_kernels import apm_cpu
@@ -316,13 +288,9 @@ def main(argv=None):
         r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][r["dtype"]]
     meta["load_avg_start"] = load_start
     meta["load_avg_end"] = os.getloadavg()
-    os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"apm_{device.type}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows, "sweep": sweep}, f, indent=2)
     md = render_markdown(meta, rows, sweep)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
+    write_results(stem, {"meta": meta, "rows": rows, "sweep": sweep}, md)
     print()
     print(md)
     print(f"written: {stem}.json, {stem}.md")

@@ -295,8 +295,11 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=2, help="loader worker processes (the default run's num_workers)")
     p.add_argument("--synthetic-root", default=None, help="synthetic set cache directory (default: ~/.cache)")
     p.add_argument("--profile", default=None, metavar="SHAPE:PRECISION:LAYOUT", help="profile AP3D vs C2D, e.g. paper:fp32:contiguous")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
