@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -217,9 +218,35 @@ def profile_extra_time(shape: Shape, precision: str, layout: str, device, top: i
     ]
 
 
-def render_markdown(meta: dict, rows: list, profile: list) -> str:
+def setting_key(r: dict) -> tuple:
+    return r["shape"], r["precision"], r["layout"], r["compile"]
+
+
+def merge_previous(stem: str, meta: dict, rows: list, profile: list):
+    """--update: the previous results with the settings measured now replaced; every run's facts kept."""
+    if not os.path.isfile(stem + ".json"):
+        return [meta], rows, profile
+    with open(stem + ".json") as fh:
+        prev = json.load(fh)
+    runs = prev.get("runs", [prev["meta"]])
+    measured = {setting_key(r) for r in rows if "skipped" not in r}
+    kept = [r for r in prev["rows"] if setting_key(r) not in measured]
+    kept_measured = {setting_key(r) for r in kept if "skipped" not in r}
+    rows = [r for r in rows if "skipped" not in r or setting_key(r) not in kept_measured]  # a skip never hides a figure
+    kept = [r for r in kept if "skipped" not in r or setting_key(r) not in {setting_key(n) for n in rows}]
+    if not profile and prev.get("profile"):
+        profile, meta["profile"] = prev["profile"], next(m["profile"] for m in reversed(runs) if "profile" in m)
+    for r in rows:
+        r["run"] = len(runs)
+    return runs + [meta], kept + rows, profile
+
+
+def render_markdown(runs: list, rows: list, profile: list) -> str:
+    meta = runs[-1]
     ok = [r for r in rows if "skipped" not in r]
-    settings = list(dict.fromkeys((r["shape"], r["precision"], r["layout"], r["compile"]) for r in ok))
+    order = {v: i for i, v in enumerate(["quick", "default", "paper", False, True, "fp32", "bf16", "fp16",
+                                         "contiguous", "channels_last_3d"])}
+    settings = sorted(dict.fromkeys(setting_key(r) for r in ok), key=lambda k: (order[k[0]], order[k[3]], order[k[1]], order[k[2]]))
     by = {(r["shape"], r["precision"], r["layout"], r["compile"], r["arch"]): r for r in ok}
     archs = list(dict.fromkeys(r["arch"] for r in ok))
     shapes = {r["shape"]: r for r in ok}
@@ -231,8 +258,13 @@ def render_markdown(meta: dict, rows: list, profile: list) -> str:
         a, c = by.get((*key, "AP3D")), by.get((*key, "C2D"))
         return f"{a[field] / c[field]:.3f}" if a and c else "-"
 
-    lines = [f"# Model benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})", "", describe_machine(meta) + ".",
-             "", f"Command: `{meta['command']}`. {meta['timing']}", "",
+    lines = [f"# Model benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})", ""]
+    for i, run in enumerate(runs):
+        measured = sorted({f"{r['shape']} {r['precision']} {r['layout']} compile {'on' if r['compile'] else 'off'}"
+                           for r in rows if r.get("run", 0) == i})
+        lines += [(f"Run {i + 1} ({'; '.join(measured)}): " if len(runs) > 1 else "") + describe_machine(run) + ".",
+                  "", f"Command: `{run['command']}`. {run['timing']}", ""]
+    lines += [
              "Shapes: " + "; ".join(f"**{n}** = {r['backbone']}, training batch {r['batch']} clips of "
                                     f"{r['T']}x{r['H']}x{r['W']}, inference batch {r['infer_clips']} clips of "
                                     f"{r['infer_len']} frames" for n, r in shapes.items()) + ".",
@@ -298,6 +330,8 @@ def parse_args(argv):
     p.add_argument("--synthetic-root", default=None, help="synthetic set cache directory (default: ~/.cache)")
     p.add_argument("--profile", default=None, metavar="SHAPE:PRECISION:LAYOUT", help="profile AP3D vs C2D, e.g. paper:fp32:contiguous")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--update", action="store_true",
+                   help="merge into the existing results: settings measured now replace theirs, the others are kept")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
     if args.threads:
@@ -313,6 +347,9 @@ def parse_args(argv):
         if not values or any(v not in allowed for v in values):
             p.error(f"--{key}: got {','.join(values)}, expected a comma list of {', '.join(allowed)}")
         setattr(args, key, values)
+    if args.profile and (len(args.profile.split(":")) != 3 or args.profile.split(":")[0] not in lists["shapes"]
+                         or args.profile.split(":")[1] not in AMP or args.profile.split(":")[2] not in lists["layouts"]):
+        p.error(f"--profile: got {args.profile}, expected SHAPE:PRECISION:LAYOUT, e.g. paper:bf16:channels_last_3d")
     if "fp16" in args.precisions and device.type == "cpu":
         p.error("--precisions: fp16 autocast is for CUDA; on CPU use fp32,bf16")
     if args.quick:
@@ -357,8 +394,12 @@ def main(argv=None):
         profile = profile_extra_time(shapes[shape_name], precision, layout, device)
         meta["profile"] = dict(shape=shape_name, precision=precision, layout=layout, steps=3)
     meta["load_avg_end"] = list(os.getloadavg())
-    md = render_markdown(meta, rows, profile)
-    paths = write_results(os.path.join(args.out_dir, f"model_{device.type}"), {"meta": meta, "rows": rows, "profile": profile}, md)
+    stem = os.path.join(args.out_dir, f"model_{device.type}")
+    runs = [meta]
+    if args.update:
+        runs, rows, profile = merge_previous(stem, meta, rows, profile)
+    md = render_markdown(runs, rows, profile)
+    paths = write_results(stem, {"meta": meta, "runs": runs, "rows": rows, "profile": profile}, md)
     print("\n" + md + "\nwritten: " + ", ".join(paths))
 
 
