@@ -183,7 +183,7 @@ def gpu_peaks(device):
 
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # no prefix matching
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=None, help="clips per batch (default: 8 on cpu, 32 on cuda)")
     p.add_argument("--frames", type=int, default=4)

@@ -314,7 +314,7 @@ def render_markdown(runs: list, rows: list, profile: list) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="tiny shape, one repeat, no compile: a smoke run")
     p.add_argument("--shapes", default="default,paper", help="comma list of default, paper")

@@ -18,7 +18,7 @@ import sys
 
 from .engine import distributed as du
 from .engine.checkpoint import CheckpointError, load_checkpoint
-from .engine.config import ConfigError, build_parser, config_from_dict, load_config
+from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
 from .engine.precision import resolve_policy
 from .engine.reporting import setup_logger
@@ -39,8 +39,9 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
     # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
-    # precision and layout are chosen for THIS machine (the training machine's may not exist here)
-    base = dataclasses.replace(base, pretrained=None, resume=None, amp="auto", memory_format="auto")
+    # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device),
+    # and so are its precision and layout: they are chosen for THIS machine
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto")
     cfg = load_config(args, base=base)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     info = None
     try:
+        check_device(getattr(args, "device", "auto"))
         info = du.init_distributed(getattr(args, "device", "auto"))
         results = [evaluate_checkpoint(p, args, info) for p in args.checkpoint]
         if len(results) > 1 and info.is_main:

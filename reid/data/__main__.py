@@ -51,8 +51,10 @@ def dataset_options(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+    # allow_abbrev=False: a misspelt flag is an error, never a prefix match of another one
     p = argparse.ArgumentParser(prog="python -m reid.data", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+                                allow_abbrev=False)
     add_dataset_arguments(p)
     p.add_argument("--contact-sheet", metavar="PNG", default=None, help="also save a PNG of a few train tracklets")
     p.add_argument("--verify", action="store_true",

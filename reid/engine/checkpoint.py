@@ -1,7 +1,9 @@
 """Checkpoints: atomic writes, safe loads (``weights_only=True``) and clear errors.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
-``torch.load(..., weights_only=True)``: no pickled code runs when opening a file.
+``torch.load(..., weights_only=True)``: no pickled code runs when opening a file. Before that,
+the CRC32 of every record of the archive is checked (``reid.serialization``): ``torch.load``
+does not, and a flipped byte inside a tensor would otherwise load silently.
 Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
 target with ``os.replace`` (atomic on POSIX), so a crash or a full disk never leaves a
 half-written ``checkpoint_last.pth`` or ``model_best.pth``.
@@ -15,6 +17,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from ..serialization import WeightsFileError, load_weights_file
 
 __all__ = [
     "CheckpointError",
@@ -64,16 +68,13 @@ def atomic_save(obj: Any, path: str) -> None:
 
 
 def load_checkpoint(path: str, for_resume: bool = False) -> dict:
-    """Load a checkpoint written by reid.train, with ``weights_only=True``."""
+    """Load a checkpoint written by reid.train: integrity-checked, then ``weights_only=True``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to a user
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupted or truncated, or is not a "
-            f"checkpoint written by reid.train ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        ckpt = load_weights_file(path, what="checkpoint")
+    except WeightsFileError as exc:  # CRC mismatch, truncation, pickle payload: one message, no traceback
+        raise CheckpointError(str(exc)) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict written by reid.train")
     missing = [k for k in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if k not in ckpt]

@@ -19,7 +19,7 @@ import yaml
 
 from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
 
-__all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict"]
+__all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
 
 
 class ConfigError(ValueError):
@@ -120,6 +120,7 @@ class Config:
             bad("memory_format", self.memory_format, "one of " + ", ".join(MEMORY_FORMAT_CHOICES))
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "one of auto, cpu, cuda")
+        check_device(self.device)
         if self.mars_protocol not in ("release", "skip_unmatched"):
             bad("mars_protocol", self.mars_protocol, "release or skip_unmatched")
         if self.triplet_distance not in ("cosine", "euclidean"):
@@ -156,6 +157,18 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def check_device(device: str) -> None:
+    """``cuda`` must exist before anything starts (data generation, training)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU")
+            raise ConfigError(f"device: got 'cuda', but no CUDA device is available ({why}); "
+                              f"expected cpu or auto on this machine")
+
+
 _FIELDS = {f.name: f for f in fields(Config)}
 _SECTIONS = {f.metadata["section"] for f in fields(Config)}
 
@@ -187,6 +200,11 @@ def _coerce(key: str, value, source: str):
     default = _FIELDS[key].default if _FIELDS[key].default is not dataclasses.MISSING else None
     if value is None:
         return None
+    factory = _FIELDS[key].default_factory
+    if factory is not dataclasses.MISSING and isinstance(factory(), dict) and not isinstance(value, dict):
+        # checked here, not in validate(): flags are merged into this mapping before validation
+        raise ConfigError(f"{source}: {key}: got {value!r}, expected a mapping of option name to value "
+                          f"(YAML: '{key}: {{name: value}}')")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
@@ -247,7 +265,8 @@ def _parse_option(text: str):
 
 def build_parser(description: str, extra=None, prog: Optional[str] = None) -> argparse.ArgumentParser:
     """Parser with ``--config`` and one flag per Config field (all defaulting to 'not given')."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # allow_abbrev=False: a misspelt flag (--num-instance) is an error, not a silent prefix match
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML config file (flags override its values)")
     if extra is not None:
         extra(parser)
