@@ -14,8 +14,9 @@ autocast, fp16 autocast on CUDA) x layout (contiguous NCDHW, channels_last_3d) x
 - training step: forward, the ReID loss (cross-entropy + triplet), backward and an Adam step on
   random clips, exactly as ``reid.engine.trainer`` does it (GradScaler under fp16);
 - inference: eval-mode forward under ``torch.inference_mode``, reported as clips/s and frames/s;
-- the three networks are timed interleaved (C2D, P3D-C, AP3D, C2D, ...) so that load changing
-  over time hits them alike; each figure is the fastest of --repeats runs;
+- every (setting, network) of a shape is warmed up, then all are timed round-robin (one training
+  step of each in turn, --repeats rounds; then the same for inference) so that load changing over
+  time hits every setting alike; each figure is the fastest of --repeats runs;
 - data wait (default shape): AP3D trains --data-steps steps on batches from the real train loader
   (the cached synthetic set, --workers worker processes as in the default run); the share of
   wall time spent blocked on the loader is reported next to that step time;
@@ -159,37 +160,58 @@ def data_wait(runner: Runner, batches, steps: int, device) -> dict:
     return {"loader_step_ms": 1e3 * total / steps, "data_wait_share": waited / total}
 
 
-def measure_setting(shape_name, shape, precision, layout, compiled, args, device, batches=None) -> list:
-    """Rows for the three networks under one setting (or one row saying why it was skipped)."""
+def warm_setting(shape_name, shape, setting, args, device):
+    """({arch: Runner} warmed up, the row fields) or (None, a row saying why the setting was skipped)."""
+    precision, layout, compiled = setting
     base = dict(shape=shape_name, **asdict(shape), batch=shape.batch, precision=precision, layout=layout,
-                compile=compiled)
-    runners, rows = {}, []
+                compile=compiled, warmup_s={})
+    runners = {}
     try:
         for label in args.archs:
             runners[label] = Runner(ARCHS[label], shape, precision, layout, compiled, device)
             t0 = time.perf_counter()
-            for _ in range(args.warmup):  # with compile on, the first call compiles
+            for _ in range(args.warmup):  # with compile on, the first calls compile
                 runners[label].train_step()
                 runners[label].infer()
             sync(device)
-            base.setdefault("warmup_s", {})[label] = round(time.perf_counter() - t0, 1)
-        train = interleaved({k: r.train_step for k, r in runners.items()}, device, args.repeats)
-        infer = interleaved({k: r.infer for k, r in runners.items()}, device, args.repeats)
+            base["warmup_s"][label] = round(time.perf_counter() - t0, 1)
     except Exception as exc:  # noqa: BLE001 -- a setting that cannot run is recorded, not fatal
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         print(f"  skipped: {reason}", flush=True)
-        return [dict(base, skipped=reason)]
+        base.pop("warmup_s")
+        return None, dict(base, skipped=reason)
+    return runners, base
+
+
+def measure_shape(shape_name, shape, settings, args, device, batches=None) -> list:
+    """Rows for every (setting, network) of one shape, all timed round-robin so that load changing
+    over time hits every setting alike; plus one row per setting that could not run."""
+    warmed, rows = {}, []
+    for setting in settings:
+        print(f"{shape_name} ({shape.label()}) {setting[0]} {setting[1]} compile {'on' if setting[2] else 'off'}", flush=True)
+        runners, base = warm_setting(shape_name, shape, setting, args, device)
+        if runners is None:
+            rows.append(base)
+        else:
+            warmed[setting] = (runners, base)
+    jobs = {(st, label): r for st, (runners, _) in warmed.items() for label, r in runners.items()}
+    train = interleaved({k: r.train_step for k, r in jobs.items()}, device, args.repeats)
+    infer = interleaved({k: r.infer for k, r in jobs.items()}, device, args.repeats)
     auto = resolve_policy("auto", "auto", device)
-    for label, r in runners.items():
-        (t_min, t_med), (i_min, i_med) = train[label], infer[label]
-        rows.append(dict(base, arch=label, auto=(r.policy.amp, r.policy.memory_format) == (auto.amp, auto.memory_format) and not compiled,
-                         train_ms=1e3 * t_min, train_median_ms=1e3 * t_med, train_clips_per_s=shape.batch / t_min,
-                         infer_ms=1e3 * i_min, infer_median_ms=1e3 * i_med,
-                         infer_clips_per_s=shape.infer_clips / i_min,
-                         infer_frames_per_s=shape.infer_clips * shape.infer_len / i_min))
-    if batches is not None and "AP3D" in runners and args.data_steps:
-        rows[-1].update(data_wait(runners["AP3D"], batches, args.data_steps, device))
-    del runners
+    for st, (runners, base) in warmed.items():
+        for label, r in runners.items():
+            (t_min, t_med), (i_min, i_med) = train[(st, label)], infer[(st, label)]
+            rows.append(dict(base, arch=label, auto=(r.policy.amp, r.policy.memory_format) == (auto.amp, auto.memory_format) and not st[2],
+                             train_ms=1e3 * t_min, train_median_ms=1e3 * t_med, train_clips_per_s=shape.batch / t_min,
+                             infer_ms=1e3 * i_min, infer_median_ms=1e3 * i_med,
+                             infer_clips_per_s=shape.infer_clips / i_min,
+                             infer_frames_per_s=shape.infer_clips * shape.infer_len / i_min))
+            if batches is not None and label == "AP3D" and args.data_steps:
+                rows[-1].update(data_wait(r, batches, args.data_steps, device))
+            extra = f"  data wait {100 * rows[-1]['data_wait_share']:.1f}%" if "data_wait_share" in rows[-1] else ""
+            print(f"  {st[0]} {st[1]} compile {'on' if st[2] else 'off'} {label:6s} train {rows[-1]['train_ms']:8.1f} ms  "
+                  f"infer {rows[-1]['infer_frames_per_s']:7.1f} frames/s{extra}", flush=True)
+    del warmed, jobs
     gc.collect()
     return rows
 
@@ -361,15 +383,13 @@ def main(argv=None):
     args, device = parse_args(argv)
     meta = machine_facts(device)
     meta.update(command="python bench/bench_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                timing=f"Each figure is the fastest of {args.repeats} runs after {args.warmup} warm-up run(s), "
-                       "the networks interleaved.",
+                timing=f"Each figure is the fastest of {args.repeats} runs after {args.warmup} warm-up run(s); "
+                       "all settings and networks of a shape are timed round-robin.",
                 auto_policy=resolve_policy("auto", "auto", device).as_dict())
     print(f"# model benchmark: {describe_machine(meta)}", flush=True)
-    shapes, rows, batches = shapes_for(device, args.quick), [], None
+    shapes, rows = shapes_for(device, args.quick), []
     for name in args.shapes:
-        shape = shapes[name]
-        if name in ("default", "quick") and args.data_steps:
-            batches = real_batches(shape, args)
+        settings = []
         for compiled in (c == "on" for c in args.compile):
             for precision in args.precisions:
                 for layout in args.layouts:
@@ -377,17 +397,10 @@ def main(argv=None):
                         rows.append(dict(shape=name, precision=precision, layout=layout, compile=True,
                                          skipped=f"not tried at this shape (--compile-shapes {args.compile_shapes}): "
                                                  "compiling takes minutes per network and setting on this machine"))
-                        continue
-                    print(f"{name} ({shape.label()}) {precision} {layout} compile {'on' if compiled else 'off'}", flush=True)
-                    new = measure_setting(name, shape, precision, layout, compiled, args, device,
-                                          batches if name in ("default", "quick") else None)
-                    for r in new:
-                        if "arch" in r:
-                            extra = f"  data wait {100 * r['data_wait_share']:.1f}%" if "data_wait_share" in r else ""
-                            print(f"  {r['arch']:6s} train {r['train_ms']:8.1f} ms  infer {r['infer_frames_per_s']:7.1f} "
-                                  f"frames/s{extra}", flush=True)
-                    rows += new
-        batches = None
+                    else:
+                        settings.append((precision, layout, compiled))
+        batches = real_batches(shapes[name], args) if name in ("default", "quick") and args.data_steps else None
+        rows += measure_shape(name, shapes[name], settings, args, device, batches)
     profile = []
     if args.profile:
         shape_name, precision, layout = args.profile.split(":")
