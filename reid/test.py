@@ -7,6 +7,8 @@ table and writes ``<checkpoint stem>.results.json`` next to the checkpoint. Seve
 checkpoints (e.g. the 10 iLIDS-VID / PRID split models) are evaluated in turn, and the mean
 over them is printed and written to ``--output`` (default: ``results_mean.json`` in their
 common directory). Runs under torchrun too (features are extracted on all ranks).
+Precision and layout are not taken from the checkpoint: ``--amp`` / ``--memory-format`` default
+to ``auto``, the policy for the machine the test runs on (``reid.engine.precision``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weig
 from .engine.cli import run_command
 from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
+from .engine.precision import resolve_policy
 from .engine.reporting import setup_logger
 from .engine.builders import build_data, build_network
 from .plot import plot_results_file
@@ -38,8 +41,9 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
     # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
-    # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device)
-    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto")
+    # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device),
+    # and so are its precision and layout: they are chosen for THIS machine
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto")
     cfg = load_config(args, base=base)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
@@ -50,6 +54,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     if info.is_main:
         log.info(f"{path}: {cfg.arch}, epoch {ckpt['epoch']}, {cfg.dataset} split {cfg.split_id}")
         log.info(ds.summary() if hasattr(ds, "summary") else cfg.dataset)
+        log.info(resolve_policy(cfg.amp, cfg.memory_format, info.device).describe())
     result = evaluate(model, ds, cfg, info.device)
     if info.is_main:
         result.update(checkpoint=os.path.abspath(path), epoch=int(ckpt["epoch"]), arch=cfg.arch)

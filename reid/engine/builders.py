@@ -91,8 +91,8 @@ def build_optimizer_and_schedule(cfg: Config, model: torch.nn.Module):
     return optimizer, scheduler
 
 
-def build_grad_scaler(cfg: Config, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 autocast (a pass-through otherwise)."""
-    if cfg.amp == "fp16" and device.type != "cuda":
+def build_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast (a pass-through otherwise); ``amp`` is the resolved policy's."""
+    if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp: got 'fp16', which needs a CUDA device; use --amp bf16 on CPU (or none)")
-    return torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")

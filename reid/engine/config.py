@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
+
 __all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
 
 
@@ -78,7 +80,8 @@ class Config:
     triplet_distance: str = _f("cosine", "triplet distance: cosine (d = -cos, the release) or euclidean", "loss")
     label_smoothing: float = _f(0.0, "label smoothing epsilon (0 = none, as in the release)", "loss")
     # --- run ----------------------------------------------------------------------------------
-    amp: str = _f("none", "mixed precision: none, bf16 or fp16 (fp16 needs CUDA)", "run")
+    amp: str = _f("auto", "mixed precision: auto (bf16 where the device computes it natively), none, bf16 or fp16 (CUDA)", "run")
+    memory_format: str = _f("auto", "activation/weight layout: auto, contiguous or channels_last_3d", "run")
     seed: int = _f(0, "random seed", "run")
     device: str = _f("auto", "auto, cpu or cuda", "run")
     output_dir: str = _f("runs/ap3d_synthetic", "directory for checkpoints, logs, TensorBoard and results", "run")
@@ -115,8 +118,10 @@ class Config:
             bad("weight_decay", self.weight_decay, ">= 0")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             bad("optimizer", self.optimizer, "one of adam, adamw, sgd")
-        if self.amp not in ("none", "bf16", "fp16"):
-            bad("amp", self.amp, "one of none, bf16, fp16")
+        if self.amp not in AMP_CHOICES:
+            bad("amp", self.amp, "one of " + ", ".join(AMP_CHOICES))
+        if self.memory_format not in MEMORY_FORMAT_CHOICES:
+            bad("memory_format", self.memory_format, "one of " + ", ".join(MEMORY_FORMAT_CHOICES))
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "one of auto, cpu, cuda")
         check_device(self.device)

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ import torch
 
 from ..metrics import evaluate_ranking, k_reciprocal_rerank
 from . import distributed as du
+from .precision import resolve_policy
 from .fileio import atomic_write_json
 
 __all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS",
@@ -37,16 +37,9 @@ METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 CMC_RANKS = 50
 
 
-def autocast_context(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
 def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "features", progress: bool = True) -> torch.Tensor:
-    """[N, D] L2-normalised features of ``tracklets`` (the full set on every rank)."""
+    """[N, D] L2-normalised features of ``tracklets`` (the full set on every rank), computed under
+    ``torch.inference_mode`` with the run's precision/layout policy (``cfg.amp``, ``cfg.memory_format``)."""
     from reid.data import build_test_loader  # imported here: reid.data is optional for the metrics
 
     rank, world = du.rank(), du.world_size()
@@ -54,6 +47,8 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
     dim = int(model.feature_dim)
     sums = torch.zeros((len(mine), dim), dtype=torch.float64)
     counts = torch.zeros(len(mine), dtype=torch.float64)
+    policy = resolve_policy(cfg.amp, cfg.memory_format, device)
+    policy.prepare_model(model)  # a no-op when the trainer already converted it
     was_training = model.training
     model.eval()
     if mine:
@@ -72,8 +67,8 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
             total_frames = sum(len(tracklets[i].paths) for i in mine)
             bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True, leave=False, disable=None)
         for clips, index in loader:
-            clips = clips.to(device, non_blocking=True)
-            with autocast_context(device, cfg.amp):
+            clips = policy.prepare_batch(clips.to(device, non_blocking=True))
+            with torch.inference_mode(), policy.autocast(device):
                 frame_feats = model(clips)  # [n, L, D]
             if frame_feats.dim() != 3 or frame_feats.shape[0] != clips.shape[0] or frame_feats.shape[2] != dim:
                 raise RuntimeError(
@@ -151,7 +146,11 @@ def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -
     gallery, gf, g_out = _readable_only(dataset.gallery, gf, device, "gallery", name)
     if not du.is_main():
         return None
-    log.info(f"features extracted in {time.time() - t0:.1f}s")
+    seconds = time.time() - t0
+    log.info(
+        f"features of {frames} frames extracted in {seconds:.1f}s ({frames / max(seconds, 1e-9):.0f} frames/s, "
+        f"{resolve_policy(cfg.amp, cfg.memory_format, device).short()})"
+    )
     if q_out or g_out:
         log.warning(f"left out of the evaluation: {len(q_out)} query and {len(g_out)} gallery tracklet(s) "
                     f"with no readable frame")

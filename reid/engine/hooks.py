@@ -152,9 +152,10 @@ class ProgressHook(HookBase):
         _log().info(
             f"epoch {done}/{t.cfg.epochs} | {loss_text(mean)} | acc {100 * mean.get('acc', 0.0):.1f}% | lr {t.lr:.2e} | "
             f"{t.steps_per_epoch * t.batch_size / epoch_time:.1f} clips/s | "
-            f"{format_duration(epoch_time)} | ETA {format_duration(eta)}"
+            f"data wait {100 * t.data_wait / epoch_time:.1f}% | {format_duration(epoch_time)} | ETA {format_duration(eta)}"
         )
-        t.tb.scalars(done, **{"epoch/loss": mean["loss"], "epoch/acc": mean.get("acc", 0.0), "epoch/lr": t.lr})
+        t.tb.scalars(done, **{"epoch/loss": mean["loss"], "epoch/acc": mean.get("acc", 0.0), "epoch/lr": t.lr,
+                              "epoch/data_wait_share": t.data_wait / epoch_time})
 
     def after_train(self):
         for resource in (getattr(self, "bar", None), getattr(self, "file", None)):  # (if before_train got so far)

@@ -41,9 +41,10 @@ from .builders import (
 )
 from .checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from .config import Config
-from .evaluator import autocast_context, format_results, mean_over_splits, write_json
+from .evaluator import format_results, mean_over_splits, write_json
 from .fileio import FileWriteError, atomic_write_text, remove_stale_temporaries
 from .hooks import STEP_LOG_NAME, CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, ProgressHook, format_duration
+from .precision import resolve_policy
 from .reporting import TensorBoard, setup_logger
 from .resume import check_resumable, resolve_resume_path, restore_training_state
 
@@ -90,14 +91,15 @@ class Trainer:
         self.cfg, self.split_id, self.out_dir, self.info = cfg, split_id, out_dir, info
         self.device = info.device
         self.run_config = {**cfg.to_dict(), "split_id": split_id}  # stored in config.yaml and checkpoints
-        self.scaler = build_grad_scaler(cfg, self.device)
+        self.policy = resolve_policy(cfg.amp, cfg.memory_format, self.device)  # precision + layout for this machine
+        self.scaler = build_grad_scaler(self.policy.amp, self.device)
         seed_everything(cfg.seed)
         self.dataset = build_data(cfg, split_id, info)
         self.num_classes = self.dataset.num_train_pids
         self.loader, self.steps_per_epoch = build_train_loader(cfg, self.dataset, info)
         self.batch_size = cfg.num_identities * cfg.num_instances  # the global batch, all ranks together
         seed_everything(cfg.seed)  # same initial weights on every rank and in every run
-        self.model = build_network(cfg, self.num_classes, cfg.pretrained).to(self.device)
+        self.model = self.policy.prepare_model(build_network(cfg, self.num_classes, cfg.pretrained).to(self.device))
         self.criterion = self.build_criterion()
         self.optimizer, self.scheduler = build_optimizer_and_schedule(cfg, self.model)
         self.start_epoch, self.global_step, self.epoch = 0, 0, 0
@@ -180,6 +182,7 @@ class Trainer:
                     epochs=self.cfg.epochs,
                     train_time_s=round(self.train_time, 1),
                     arch=self.cfg.arch,
+                    precision=self.policy.as_dict(),
                 )
                 write_json(result, os.path.join(self.out_dir, RESULTS_NAME))
                 _log().info(f"training time {format_duration(self.train_time)}; outputs in {os.path.abspath(self.out_dir)}")
@@ -208,18 +211,22 @@ class Trainer:
                 f"{cfg.arch} ({n_params:.2f}M parameters) | {self.info.world_size} process(es) on {self.device} "
                 f"({self.info.backend}) | batch {cfg.num_identities}x{cfg.num_instances} clips of "
                 f"{cfg.seq_len}x{cfg.height}x{cfg.width} | {self.steps_per_epoch} steps/epoch | "
-                f"epochs {self.start_epoch}->{cfg.epochs} | amp {cfg.amp}"
+                f"epochs {self.start_epoch}->{cfg.epochs}"
             )
+            _log().info(self.policy.describe())
         self.t_start = time.time()
         self.completed = False
         try:
             self._call("before_train")
             for self.epoch in range(self.start_epoch, cfg.epochs):
                 self.before_epoch()
+                self.data_wait, t_ready = 0.0, time.time()
                 for self.inner_step, batch in enumerate(itertools.islice(self.loader, self.steps_per_epoch)):
+                    self.data_wait += time.time() - t_ready  # blocked on the loader: reported per epoch
                     self.step_stats = self.run_step(batch)
                     self.global_step += 1
                     self._call("after_step")
+                    t_ready = time.time()
                 self._call("after_epoch")
             self.completed = True
         finally:
@@ -238,9 +245,9 @@ class Trainer:
         """One training step; returns its statistics (averaged over ranks): the loss, each of its
         terms as the criterion names them, and the batch accuracy."""
         clips, pids, _camids = batch
-        clips = clips.to(self.device, non_blocking=True)
+        clips = self.policy.prepare_batch(clips.to(self.device, non_blocking=True))
         pids = torch.as_tensor(pids).long().to(self.device, non_blocking=True)
-        with autocast_context(self.device, self.cfg.amp):
+        with self.policy.autocast(self.device):
             logits, feats = self.train_model(clips)
         loss, parts = self.criterion(logits.float(), feats.float(), pids)
         acc = (logits.argmax(1) == pids).float().mean()
