@@ -17,7 +17,7 @@ from .datasets import DATASETS, build_dataset
 
 _SYNTHETIC_FLAGS = (("num_train_ids", int), ("num_test_ids", int), ("num_cameras", int), ("min_frames", int),
                     ("max_frames", int), ("height", int), ("width", int), ("misalignment", float), ("seed", int),
-                    ("occlusion_prob", float), ("pose_amplitude", float))
+                    ("occlusion_prob", float), ("pose_amplitude", float), ("palette", int))
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
