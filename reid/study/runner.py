@@ -135,6 +135,13 @@ def _install_signal_handlers():
     signal.signal(signal.SIGINT, stop)
 
 
+def _convert_if_needed(study: Study) -> None:
+    """The pretraining cell's checkpoint -> the shared 2D backbone (also when the cell was run by
+    hand or by a scheduler from --print-commands)."""
+    if study.pretrain.done and not os.path.isfile(study.pretrained_path):
+        convert_checkpoint(os.path.join(study.pretrain.out_dir, "checkpoint_last.pth"), study.pretrained_path)
+
+
 def run_study(study: Study, log: Callable[[str], None] = print, python: str = sys.executable) -> int:
     """Run every unfinished step; returns 0 if all cells finished, 1 if some failed."""
     _check_plan(study)
@@ -151,6 +158,7 @@ def run_study(study: Study, log: Callable[[str], None] = print, python: str = sy
     durations = [r["wall_s"] for c in study.cells if c.done and (r := cell_record(c)) and r.get("wall_s")]
     log(f"study {study.out}: {len(steps) - len(todo)}/{len(steps)} cells done (pretraining counts as one), "
         f"{len(todo)} left; budget {study.budget.name}, amp {study.budget.amp}, {study.budget.threads} thread(s)")
+    _convert_if_needed(study)
     failed = []
     for i, cell in enumerate(todo):
         if cell is not study.pretrain and not os.path.isfile(study.pretrained_path):
@@ -166,16 +174,13 @@ def run_study(study: Study, log: Callable[[str], None] = print, python: str = sy
             failed.append(cell.name)
             continue
         if cell is study.pretrain:
-            convert_checkpoint(os.path.join(cell.out_dir, "checkpoint_last.pth"), study.pretrained_path)
-            _finish_record(cell, wall)
+            _convert_if_needed(study)
         else:
             durations.append(wall)
-            _finish_record(cell, wall)
+        _finish_record(cell, wall)
         with open(cell.results_path) as fh:
             m = json.load(fh)["metrics"]
         log(f"  done {cell.name} in {_fmt_time(wall)}: Rank-1 {100 * m['rank1']:.2f}, mAP {100 * m['mAP']:.2f}")
-    if study.pretrain.done and not os.path.isfile(study.pretrained_path):  # finished before a conversion ran
-        convert_checkpoint(os.path.join(study.pretrain.out_dir, "checkpoint_last.pth"), study.pretrained_path)
     log(f"study {study.out}: {sum(c.done for c in steps)}/{len(steps)} cells done"
         + (f"; {len(failed)} failed: {failed}" if failed else ""))
     return 1 if failed else 0

@@ -1,4 +1,6 @@
 """The shared pretrained backbone (C2D -> torchvision 2D) and the temporal-weight norms."""
+import os
+
 import pytest
 import torch
 
@@ -64,3 +66,21 @@ def test_norms_of_known_weights():
     total_t = (9 * 12 + 4 * 8) ** 0.5
     total_s = (16 * 36 + 4) ** 0.5
     assert norms["relative"] == pytest.approx(total_t / total_s)
+
+
+def test_a_pretraining_run_done_outside_the_runner_is_converted_before_any_cell(tmp_path):
+    # e.g. run by a cluster scheduler from --print-commands: results.json + checkpoint, no backbone file yet
+    from reid.study.grid import BUDGETS, build_study
+    from reid.study.runner import _convert_if_needed
+
+    s = build_study(str(tmp_path / "s"), BUDGETS["laptop"]())
+    os.makedirs(s.pretrain.out_dir)
+    c2d = build_model("c2d_resnet18", num_classes=5)
+    torch.save({"format_version": 1, "model": c2d.state_dict(), "config": {"arch": "c2d_resnet18"}, "epoch": 1,
+                "num_classes": 5}, os.path.join(s.pretrain.out_dir, "checkpoint_last.pth"))
+    _convert_if_needed(s)
+    assert not os.path.exists(s.pretrained_path)             # not finished (no results.json): nothing yet
+    open(s.pretrain.results_path, "w").write("{}")
+    _convert_if_needed(s)
+    state = torch.load(s.pretrained_path, weights_only=True)
+    assert torch.equal(state["layer1.0.conv1.weight"], c2d.state_dict()["layer1.0.conv1.weight"].squeeze(2))
