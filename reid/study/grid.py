@@ -82,7 +82,7 @@ class Budget:
 
 def _laptop() -> Budget:
     return Budget(name="laptop", backbone="resnet18", networks=("c2d", "i3d", "p3d_c", "ap_i3d", "ap3d"),
-                  levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=4, milestones=(3,), pretrain_epochs=4,
+                  levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=3, milestones=(2,), pretrain_epochs=4,
                   pretrain_milestones=(3,), height=64, width=32, device="cpu",
                   amp="bf16" if native_bf16() else "none", threads=2, num_workers=1, num_instances=2)
 
