@@ -14,6 +14,8 @@ from .modules import (
     APP3DC,
     C2D,
     I3D,
+    ContrastiveNonLocalBlock3D,
+    Deform3D,
     P3DA,
     P3DB,
     P3DC,
@@ -43,4 +45,6 @@ __all__ = [
     "APP3DB",
     "APP3DC",
     "NonLocalBlock3D",
+    "ContrastiveNonLocalBlock3D",
+    "Deform3D",
 ]

@@ -218,7 +218,8 @@ def temporal_weights(model):
     return out
 
 
-VARIANTS = [a for a in ARCHITECTURES if a != "c2d"]
+# Every model that keeps C2D's head (CNN+LSTM replaces it: tests/test_baselines.py covers it).
+VARIANTS = [a for a in ARCHITECTURES if a != "c2d" and ARCHITECTURES[a].head == "mean"]
 
 
 @pytest.mark.parametrize("arch", VARIANTS)
@@ -227,7 +228,7 @@ def test_every_variant_built_from_2d_weights_starts_as_c2d(arch, weights, c2d_re
     torch.manual_seed(1)
     model = build_model(f"{arch}_resnet50", num_classes=7, pretrained=weights[50], apm_backend="reference")
     model.load_state_dict(head, strict=False)  # the same neck and classifier as the C2D model
-    assert temporal_blocks(model) or arch == "nl"
+    assert temporal_blocks(model) or ARCHITECTURES[arch].nonlocal_blocks
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(clips), eval_out, rtol=1e-4, atol=1e-4)
         # Train mode: BatchNorm with batch statistics. Compared before the neck, whose batch of
@@ -282,19 +283,26 @@ def test_auto_backend_gives_the_same_model_output(weights):
 
 
 # ------------------------------------------------------------------------ Tables 1/2 parameters
-@pytest.mark.parametrize("arch", list(PAPER_RESNET50))
+# Tables 1 and 2, millions of parameters. CA-NL (Table 2: 32.75) is not here: its layers are not
+# in the paper, and the closest design gives 32.71 (tests/test_baselines.py says why).
+TABLE_PARAMS = {
+    "c2d": 23.51, "i3d": 27.64, "ap_i3d": 27.68,
+    "p3d_a": 24.20, "p3d_b": 24.20, "p3d_c": 24.20,
+    "ap_p3d_a": 24.24, "ap_p3d_b": 24.24, "ap_p3d_c": 24.24,
+    "nl": 30.87, "nl_p3d_c": 31.56, "nl_ap3d": 31.60,
+    "deform3d": 27.75, "cnn_lstm": 28.76,
+}
+
+
+@pytest.mark.parametrize("arch", list(TABLE_PARAMS))
 def test_resnet50_parameter_counts_match_tables_1_and_2(arch):
-    expected = {
-        "c2d": 23.51, "i3d": 27.64, "ap_i3d": 27.68,
-        "p3d_a": 24.20, "p3d_b": 24.20, "p3d_c": 24.20,
-        "ap_p3d_a": 24.24, "ap_p3d_b": 24.24, "ap_p3d_c": 24.24,
-        "nl": 30.87, "nl_p3d_c": 31.56, "nl_ap3d": 31.60,
-    }[arch]
     with torch.device("meta"):
         model = build_model(arch, num_classes=625)
-    assert f"{count_parameters(model) / 1e6:.2f}" == f"{expected:.2f}"
+    assert f"{count_parameters(model) / 1e6:.2f}" == f"{TABLE_PARAMS[arch]:.2f}"
+    assert PAPER_RESNET50[arch][0] == TABLE_PARAMS[arch]  # the summary prints the same figure
     # the classifier is excluded from the paper's counts, the neck is not
-    assert count_parameters(model, exclude_classifier=False) == count_parameters(model) + 2048 * 625 + 625
+    d = model.feature_dim
+    assert count_parameters(model, exclude_classifier=False) == count_parameters(model) + d * 625 + 625
 
 
 def test_state_dict_keys_follow_the_authors_release():
@@ -523,7 +531,8 @@ def test_summary_table_lists_every_architecture():
     rows = summarize(device="meta", height=64, width=32)
     assert [r.architecture for r in rows] == [f"{a}_resnet50" for a in ARCHITECTURES]
     for r in rows:
-        assert f"{r.params_m:.2f}" == f"{r.paper_params:.2f}"
+        if r.architecture != "ca_nl_resnet50":  # 32.71 vs 32.75: tests/test_baselines.py
+            assert f"{r.params_m:.2f}" == f"{r.paper_params:.2f}"
         assert r.flops > 0 and r.gmacs == pytest.approx(r.flops / 2e9)
         block = ARCHITECTURES[r.architecture[: -len("_resnet50")]].block
         assert r.apm_backend == ("reference" if block is not None and block.uses_apm else "-")  # meta: no fused kernel

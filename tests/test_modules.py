@@ -22,12 +22,14 @@ from ap3d_kernels.modules import (
     P3DB,
     P3DC,
     TEMPORAL_BLOCKS,
+    ContrastiveNonLocalBlock3D,
+    Deform3D,
     NonLocalBlock3D,
     TemporalBlock,
 )
 
 AP_BLOCKS = [API3D, APP3DA, APP3DB, APP3DC]
-ALL_BLOCKS = list(TEMPORAL_BLOCKS.values())
+ALL_BLOCKS = [*TEMPORAL_BLOCKS.values(), Deform3D]  # Deform3D: tests/test_baselines.py specifies the rest
 
 
 def per_frame_conv2d(x, weight, bias=None, stride=1, padding=1):
@@ -271,6 +273,8 @@ BAD_INPUT_MODULES = {
     "I3D": lambda: I3D(32, 32),
     "APP3DC": lambda: APP3DC(32, 32, backend="reference"),
     "NonLocalBlock3D": lambda: NonLocalBlock3D(32),
+    "ContrastiveNonLocalBlock3D": lambda: ContrastiveNonLocalBlock3D(32),
+    "Deform3D": lambda: Deform3D(32, 32),
 }
 
 

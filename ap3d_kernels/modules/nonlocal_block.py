@@ -52,27 +52,34 @@ class NonLocalBlock3D(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 m.weight.normal_(0.0, math.sqrt(2.0 / m.out_channels))  # fan_out of a 1x1x1 conv
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
         bn = self.W[1]
         bn.reset_running_stats()
         nn.init.zeros_(bn.weight)
         nn.init.zeros_(bn.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_video_input("NonLocalBlock3D", x, channels=self.in_channels, device=self.theta.weight.device)
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x), y)``, both ``[B, inter_channels, T, H, W]``: the values at every position (before
+        the key/value pooling) and their attention-weighted sum ``y_i = sum_j P_ij g(x_j)``."""
+        check_video_input(type(self).__name__, x, channels=self.in_channels, device=self.theta.weight.device)
         B, _, T, H, W = x.shape
         if self.sub_sample and (H < 2 or W < 2):
             raise ValueError(
-                f"NonLocalBlock3D: sub_sample pools keys/values 1x2x2, so x needs H >= 2 and W >= 2, "
+                f"{type(self).__name__}: sub_sample pools keys/values 1x2x2, so x needs H >= 2 and W >= 2, "
                 f"got shape {tuple(x.shape)}"
             )
-        ci = self.inter_channels
+        g_conv, pool = (self.g[0], self.g[1]) if self.sub_sample else (self.g, None)
+        values = g_conv(x)
+        value = values if pool is None else pool(values)
         query = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)  # [B, 1, THW, Ci]
         key = self.phi(x).flatten(2).transpose(1, 2).unsqueeze(1)  # [B, 1, THW', Ci]
-        value = self.g(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        value = value.flatten(2).transpose(1, 2).unsqueeze(1)
         y = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # unscaled, as the release
-        y = y.squeeze(1).transpose(1, 2).reshape(B, ci, T, H, W)
-        return x + self.W(y)
+        return values, y.squeeze(1).transpose(1, 2).reshape(B, self.inter_channels, T, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.W(self.reconstruct(x)[1])
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, sub_sample={self.sub_sample}"

@@ -18,6 +18,7 @@ from .factory import (
     resolve_placement,
 )
 from .inflate import inflate_resnet
+from .recurrent import LSTMVideoResNet
 from .resnet import ResNet, load_pretrained, resnet18, resnet34, resnet50
 from .video_resnet import VideoResNet, apm_modules, set_apm_backend, temporal_blocks
 
@@ -39,6 +40,7 @@ __all__ = [
     "load_pretrained",
     "inflate_resnet",
     "VideoResNet",
+    "LSTMVideoResNet",
     "temporal_blocks",
     "apm_modules",
     "set_apm_backend",

@@ -9,6 +9,9 @@ Names are ``<architecture>[_<backbone>]``, e.g. ``ap3d_resnet50``, ``c2d_resnet1
 ``p3d_a/b/c``   P3D-A/B/C blocks (1x3x3 + 3x1x1)       ``ap_p3d_a/b/c``  with APM
 ``ap3d``        alias of ``ap_p3d_c``
 ``nl``          C2D + non-local blocks                 ``nl_p3d_c``, ``nl_ap3d``: both
+``ca_nl``       C2D + non-local blocks with APM's contrastive-attention gate (Table 2)
+``deform3d``    deformable 3D conv blocks (alias ``d3d``; Table 2)
+``cnn_lstm``    C2D per-frame features, then an LSTM 2048 -> 512 (Table 2)
 ==============  =======================================================================
 
 Placement (the paper's default, Tables 1/2): ``conv2`` of blocks [0, 2] of layer2 and [0, 2, 4]
@@ -23,9 +26,22 @@ from typing import Optional, Union
 
 import torch
 
-from ap3d_kernels.modules import API3D, APP3DA, APP3DB, APP3DC, I3D, P3DA, P3DB, P3DC
+from ap3d_kernels.modules import (
+    API3D,
+    APP3DA,
+    APP3DB,
+    APP3DC,
+    I3D,
+    P3DA,
+    P3DB,
+    P3DC,
+    ContrastiveNonLocalBlock3D,
+    Deform3D,
+    NonLocalBlock3D,
+)
 
 from .resnet import RESNET_CONFIGS, PathOrStateDict, ResNet, read_state_dict
+from .recurrent import LSTMVideoResNet
 from .resnet import load_pretrained as _load_pretrained_2d
 from .video_resnet import VideoResNet
 
@@ -49,6 +65,8 @@ class Architecture:
     label: str  # as in the paper's tables
     block: Optional[type]  # TemporalBlock class, or None (no temporal blocks)
     nonlocal_blocks: bool
+    nonlocal_block: type = NonLocalBlock3D  # the non-local block class, when nonlocal_blocks
+    head: str = "mean"  # temporal aggregation of the frame features: "mean" or "lstm"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -66,9 +84,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("nl", "NL", None, True),
         Architecture("nl_p3d_c", "NL-P3D", P3DC, True),
         Architecture("nl_ap3d", "NL-AP3D", APP3DC, True),
+        Architecture("ca_nl", "CA-NL", None, True, nonlocal_block=ContrastiveNonLocalBlock3D),
+        Architecture("deform3d", "Deformable 3D Conv", Deform3D, False),
+        Architecture("cnn_lstm", "CNN+LSTM", None, False, head="lstm"),
     )
 }
-ALIASES: dict[str, str] = {"ap3d": "ap_p3d_c"}
+ALIASES: dict[str, str] = {"ap3d": "ap_p3d_c", "d3d": "deform3d"}
 BACKBONES: tuple[str, ...] = tuple(RESNET_CONFIGS)  # resnet18, resnet34, resnet50
 DEFAULT_BACKBONE = "resnet50"
 _ARCH_NAMES = (*ARCHITECTURES, *ALIASES)
@@ -158,6 +179,7 @@ def build_model(
     detach_gate_inputs: bool = True,
     apm_backend: str = "auto",
     last_stride: int = 1,
+    lstm_hidden_size: int = 512,
 ) -> VideoResNet:
     """Build a video ReID network by name (see the module docstring for the names).
 
@@ -169,14 +191,15 @@ def build_model(
             Nothing is downloaded.
         stages, num_blocks: Table 3 placement (see ``resolve_placement``); default stages (2, 3),
             "half" of their blocks. ``temporal_placement``: explicit ``{stage: [indices]}`` instead.
-        nonlocal_placement: ``{stage: [indices]}`` of the non-local blocks (``nl*`` models only).
+        nonlocal_placement: ``{stage: [indices]}`` of the non-local blocks (``nl*`` and ``ca_nl``).
         time_dim: temporal kernel ``N`` of the temporal blocks (and APM's window).
         apm_scale, apm_reduction, contrastive, detach_gate_inputs, apm_backend: APM options
             (AP-models only; accepted and unused by the others so one config fits all models).
         last_stride: layer4's spatial stride (1 in the paper).
+        lstm_hidden_size: the LSTM's width (``cnn_lstm`` only; 512 in Table 2).
 
     Returns:
-        a ``VideoResNet`` with ``model.feature_dim``, ``model.classifier`` and, for reference,
+        a ``VideoResNet`` (``LSTMVideoResNet`` for ``cnn_lstm``) with ``model.feature_dim``, ``model.classifier`` and, for reference,
         ``model.architecture``, ``model.backbone`` and ``model.model_name``.
     """
     arch_name, backbone = parse_model_name(name)
@@ -192,7 +215,8 @@ def build_model(
     if temporal_placement is not None and (stages is not None or num_blocks is not None):
         raise ValueError("give either temporal_placement or stages/num_blocks, not both")
     if nonlocal_placement is not None and not arch.nonlocal_blocks:
-        raise ValueError(f"{arch_name!r} has no non-local blocks; nonlocal_placement applies to nl, nl_p3d_c, nl_ap3d")
+        with_nl = ", ".join(a.name for a in ARCHITECTURES.values() if a.nonlocal_blocks)
+        raise ValueError(f"{arch_name!r} has no non-local blocks; nonlocal_placement applies to {with_nl}")
 
     if arch.block is None:
         temporal = None
@@ -224,15 +248,19 @@ def build_model(
         with torch.device("meta"):
             resnet2d = ResNet(block_cls, layers)
         _load_pretrained_2d(resnet2d, state, assign=True)
-    model = VideoResNet(
-        resnet2d,
-        num_classes,
-        temporal_block=arch.block,
-        temporal_placement=temporal,
-        nonlocal_placement=nonlocal_,
-        block_options=options,
-        last_stride=last_stride,
-    )
+    if arch.head == "lstm":
+        model = LSTMVideoResNet(resnet2d, num_classes, hidden_size=lstm_hidden_size, last_stride=last_stride)
+    else:
+        model = VideoResNet(
+            resnet2d,
+            num_classes,
+            temporal_block=arch.block,
+            temporal_placement=temporal,
+            nonlocal_placement=nonlocal_,
+            nonlocal_block=arch.nonlocal_block,
+            block_options=options,
+            last_stride=last_stride,
+        )
     model.architecture = arch_name
     model.backbone = backbone
     model.model_name = f"{arch_name}_{backbone}"

@@ -38,7 +38,9 @@ class VideoResNet(ResNet3D):
         temporal_block: a ``TemporalBlock`` class (``I3D``, ``APP3DC``, ...) replacing ``conv2`` of
             the residual blocks in ``temporal_placement``; ``None`` for none.
         temporal_placement: ``{stage: [block indices]}``, stages 1..4 = layer1..layer4.
-        nonlocal_placement: ``{stage: [block indices]}``: a ``NonLocalBlock3D`` follows each.
+        nonlocal_placement: ``{stage: [block indices]}``: a ``nonlocal_block`` follows each.
+        nonlocal_block: the non-local block class, built as ``nonlocal_block(channels)``
+            (``NonLocalBlock3D``, or ``ContrastiveNonLocalBlock3D`` for CA-NL).
         block_options: keyword arguments of ``temporal_block.from_2d`` (``time_dim``, APM options).
         last_stride: spatial stride of layer4 (1 in AP3D and most ReID models).
     """
@@ -53,6 +55,7 @@ class VideoResNet(ResNet3D):
         nonlocal_placement: Optional[Placement] = None,
         block_options: Optional[dict] = None,
         last_stride: int = 1,
+        nonlocal_block: type = NonLocalBlock3D,
     ):
         super().__init__(resnet2d)  # the C2D trunk: resnet2d inflated with temporal kernel 1
         set_last_stride(self, last_stride)
@@ -79,7 +82,7 @@ class VideoResNet(ResNet3D):
                 blocks.append(block)
                 if i in indices:
                     channels = block.bn3.num_features if hasattr(block, "bn3") else block.bn2.num_features
-                    blocks.append(NonLocalBlock3D(channels))
+                    blocks.append(nonlocal_block(channels))
             setattr(self, name, nn.Sequential(*blocks))
 
         d = self.feature_dim
@@ -102,13 +105,18 @@ class VideoResNet(ResNet3D):
         fmap = self.forward_features(clips)  # [B, D, T, h, w]
         return fmap.amax(dim=(3, 4)).transpose(1, 2)
 
+    def frame_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-frame features before the neck, ``[B, T, D] -> [B, T, feature_dim]``: the pooled
+        features themselves; a recurrent head (``reid.models.recurrent``) overrides this."""
+        return frames
+
     def forward(self, clips: torch.Tensor):
         if self.training and isinstance(clips, torch.Tensor) and clips.dim() == 5 and clips.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__}: in train mode clips needs a batch of >= 2 (the BatchNorm1d neck uses batch "
                 f"statistics), got shape {tuple(clips.shape)}; call model.eval() to embed single clips"
             )
-        frames = self.pooled_features(clips)
+        frames = self.frame_embeddings(self.pooled_features(clips))
         if self.training:
             features = self.bn(frames.mean(dim=1))
             return self.classifier(features), features

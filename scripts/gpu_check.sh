@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One prepared check of the GPU path, for a fresh CUDA machine (PyTorch + Triton preinstalled, no
+# network, this tree copied over). It builds the package, runs the CUDA tests, the APM and model
+# benchmarks and a short bf16 training run on the synthetic set, writes every log and result under
+# one folder, and prints a summary. Sized to finish in about 6 minutes on an H100, so that a second
+# try fits in a 15-minute device lease.
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]          # on the GPU machine (OUT_DIR defaults to $OUT or gpu_check_out)
+#   bash scripts/gpu_check.sh --cpu-smoke [DIR]  # the same steps at toy sizes on a CPU, to try the plumbing
+#
+# Each step has its own time limit and a failing step never stops the others; the exit status is
+# the number of failed steps (0 = all passed). Results land in OUT_DIR as:
+#   summary.txt, apm_cuda.md, apm_cuda.json, model_cuda.md, model_cuda.json, logs.tar.gz (everything)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+if [ "${1:-}" = "--cpu-smoke" ]; then SMOKE=1; shift; fi
+OUT_DIR=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$OUT_DIR/logs"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+LOGS=$OUT_DIR/logs
+PY=${PYTHON:-python3}
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+# The synthetic set is generated once into the output folder (nothing is downloaded, ever).
+export XDG_CACHE_HOME=$OUT_DIR/cache
+START=$(date +%s)
+declare -a SUMMARY=()
+FAILED=0
+
+if [ "$SMOKE" = 1 ]; then
+  DEVICE=cpu; export TRITON_INTERPRET=1
+  BENCH_APM_ARGS=(--device cpu --no-sweep --repeats 1 --warmup 1 --batch 2)
+  BENCH_MODEL_ARGS=(--device cpu --quick)
+  TRAIN_ARGS=(--device cpu --amp none --epochs 1 --iters-per-epoch 2 --threads 2
+              --dataset-option num_train_ids=8 --dataset-option num_test_ids=6 --dataset-option max_frames=24)
+  PYTEST_MARK="gpu"
+else
+  DEVICE=cuda
+  BENCH_APM_ARGS=(--device cuda)
+  BENCH_MODEL_ARGS=(--device cuda)
+  TRAIN_ARGS=(--device cuda --amp bf16 --epochs 2 --num-workers 8)
+  PYTEST_MARK="gpu or triton"
+fi
+
+# step NAME LIMIT_SECONDS COMMAND...: run one step with a time limit, log it, record pass/fail.
+step() {
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== [$name] (limit ${limit}s): $*"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$? dt=$(( $(date +%s) - t0 ))
+  tail -n 25 "$LOGS/$name.log"
+  if [ $rc -eq 0 ]; then
+    SUMMARY+=("PASS  $name (${dt}s)")
+  else
+    [ $rc -eq 124 ] && rc="timeout after ${limit}s"
+    SUMMARY+=("FAIL  $name (${dt}s, exit $rc; see logs/$name.log)")
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+machine_facts() {
+  date -u +%FT%TZ; uname -a; nproc
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$PY" - <<'EOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, "SMs", p.multi_processor_count, "memory GiB", round(p.total_memory / 2**30, 1),
+          "capability", f"{p.major}.{p.minor}")
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as exc:
+    print("triton missing:", exc)
+EOF
+}
+
+step machine 60 machine_facts
+# The CPU extension is built in place (no pip, no network); the GPU path itself needs only Triton.
+step build 240 "$PY" setup.py build_ext --inplace
+step tests 200 "$PY" -m pytest -q -m "$PYTEST_MARK" -p no:cacheprovider --junitxml="$LOGS/pytest.xml" tests
+step bench_apm 200 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --out-dir "$OUT_DIR"
+if [ -f bench/bench_model.py ]; then
+  step bench_model 200 "$PY" bench/bench_model.py "${BENCH_MODEL_ARGS[@]}" --out-dir "$OUT_DIR"
+else
+  SUMMARY+=("SKIP  bench_model (bench/bench_model.py is not in this tree)")
+fi
+step train 240 "$PY" -m reid.train "${TRAIN_ARGS[@]}" --output-dir "$OUT_DIR/train_ap3d"
+
+# ---- summary -------------------------------------------------------------------------------------
+{
+  echo "# GPU check summary ($(date -u +%FT%TZ), $(( $(date +%s) - START )) s, device $DEVICE)"
+  head -n 12 "$LOGS/machine.log"
+  echo
+  printf '%s\n' "${SUMMARY[@]}"
+  echo
+  if [ -f "$LOGS/tests.log" ]; then
+    echo "tests: $(grep -E '(passed|failed|error|no tests ran)' "$LOGS/tests.log" | tail -n 1)"
+  fi
+  for md in "$OUT_DIR"/apm_*.md "$OUT_DIR"/model_*.md; do
+    [ -f "$md" ] || continue
+    echo; echo "## $(basename "$md")"; grep -E '^\|' "$md" | head -n 40
+  done
+  if [ -f "$LOGS/train.log" ]; then
+    echo; echo "## training (last lines)"; grep -E 'Rank-1|mAP|clips/s|epoch' "$LOGS/train.log" | tail -n 12
+  fi
+} | tee "$OUT_DIR/summary.txt"
+
+# Everything else in one archive (the device tool brings back at most 8 files).
+cp "$OUT_DIR/train_ap3d/results.json" "$LOGS/train_results.json" 2>/dev/null
+tar -czf "$OUT_DIR/logs.tar.gz" -C "$OUT_DIR" logs $(cd "$OUT_DIR" && ls -d train_ap3d/*.json train_ap3d/*.txt train_ap3d/*.yaml train_ap3d/*.jsonl 2>/dev/null)
+rm -rf "$OUT_DIR/cache" "$OUT_DIR/train_ap3d"/*.pth
+exit "$FAILED"
