@@ -98,12 +98,6 @@ def unfinished_commands(study: Study, python: str = "python") -> list[str]:
     return lines
 
 
-class _Child:
-    """The running cell; forwarded SIGTERM/SIGINT stop it before the study exits."""
-
-    proc: Optional[subprocess.Popen] = None
-
-
 def _run_cell(cell: Cell, python: str, env: dict, log: Callable[[str], None]) -> tuple[int, float]:
     os.makedirs(cell.out_dir, exist_ok=True)
     if cell.started:
@@ -112,23 +106,24 @@ def _run_cell(cell: Cell, python: str, env: dict, log: Callable[[str], None]) ->
     with open(os.path.join(cell.out_dir, "stdout.log"), "a") as out:
         out.write(f"\n$ {cell.shell_command(python)}\n")
         out.flush()
-        _Child.proc = subprocess.Popen(cell.command(python), stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cell.command(python), stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = _Child.proc.wait()
+            rc = proc.wait()
         finally:
-            _Child.proc = None
+            if proc.poll() is None:  # the study is being stopped (SIGTERM/SIGINT): stop the cell first
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     return rc, time.time() - t0
 
 
 def _install_signal_handlers():
+    # SIGTERM ends the study like Ctrl-C: the exception unwinds through _run_cell, which stops
+    # the running cell (its last checkpoint stays; --resume auto continues it next time).
     def stop(signum, frame):
-        child = _Child.proc
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

@@ -3,8 +3,10 @@
 cell killed mid-way resumes from its checkpoint, --print-commands lists only unfinished cells."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,3 +85,21 @@ def test_a_study_directory_refuses_a_different_budget(finished):
     out, _ = finished
     run = study(out, "--epochs", "3")
     assert run.returncode == 1 and "another plan" in run.stderr and "epochs" in run.stderr
+
+
+def test_sigterm_stops_the_running_cell_with_the_study(tmp_path):
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               AP3D_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "reid.study", "misalignment", "--out", out, *TOY],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    log = os.path.join(out, "pretrain", "stdout.log")
+    deadline = time.monotonic() + 300
+    while not os.path.isfile(log) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert os.path.isfile(log), "the study never started its first cell"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    # the cell (reid.train writing into pretrain/) is gone too, not orphaned
+    alive = subprocess.run(["pgrep", "-f", f"--output-dir {out}/pretrain"], capture_output=True, text=True).stdout
+    assert alive.strip() == ""
