@@ -101,5 +101,5 @@ def test_sigterm_stops_the_running_cell_with_the_study(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     # the cell (reid.train writing into pretrain/) is gone too, not orphaned
-    alive = subprocess.run(["pgrep", "-f", f"--output-dir {out}/pretrain"], capture_output=True, text=True).stdout
-    assert alive.strip() == ""
+    alive = subprocess.run(["pgrep", "-f", "--", f"--output-dir {out}/pretrain"], capture_output=True, text=True)
+    assert alive.returncode == 1 and alive.stdout == "", alive   # 1: no process matched
