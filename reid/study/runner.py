@@ -65,19 +65,28 @@ def _finish_record(cell: Cell, wall_s: Optional[float]) -> dict:
     return record
 
 
+# The grid's extent: a study may grow (another seed, another network) without changing how any cell trains.
+GRID_KEYS = ("networks", "levels", "seeds")
+
+
 def _check_plan(study: Study) -> None:
-    """A study directory holds one study: refuse to mix cells trained under different plans."""
+    """A study directory holds one study: refuse to mix cells trained under different settings.
+
+    Only the grid's extent may differ between runs (e.g. a third seed added later); the saved
+    plan then lists the cells of every run."""
     path = os.path.join(study.out, PLAN_NAME)
     plan = json.loads(json.dumps(study.plan()))  # tuples -> lists, as read back
     if os.path.isfile(path):
         with open(path) as fh:
             saved = json.load(fh)
-        if saved["budget"] != plan["budget"] or saved["preset"] != plan["preset"]:
-            diff = {k: (saved["budget"].get(k), v) for k, v in plan["budget"].items() if saved["budget"].get(k) != v}
+        settings = lambda b: {k: v for k, v in b.items() if k not in GRID_KEYS}  # noqa: E731
+        old, new = settings(saved["budget"]), settings(plan["budget"])
+        if old != new or saved["preset"] != plan["preset"]:
+            diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
             raise ValueError(
                 f"{study.out} holds a study run with another plan (option: (saved, now)) "
                 f"{diff or {'preset': (saved['preset'], plan['preset'])}}; use another --out, or the same options")
-        return
+        plan["cells"] = {**saved["cells"], **plan["cells"]}
     os.makedirs(study.out, exist_ok=True)
     _write_json(plan, path)
 

@@ -83,3 +83,17 @@ def test_bad_grid_options_are_named(tmp_path):
         _study(tmp_path, levels=(0.0, 1.5))
     with pytest.raises(ValueError, match="empty"):
         _study(tmp_path, seeds=())
+
+
+def test_a_study_may_grow_its_grid_but_not_change_its_settings(tmp_path):
+    from reid.study.runner import PLAN_NAME, _check_plan
+
+    _check_plan(_study(tmp_path, seeds=(0,)))
+    grown = _study(tmp_path, seeds=(0, 1), networks=("c2d", "p3d_c", "ap3d", "i3d"))
+    _check_plan(grown)                                       # another seed and network: allowed
+    saved = json.load(open(os.path.join(grown.out, PLAN_NAME)))
+    assert set(saved["cells"]) == {c.name for c in grown.cells}
+    with pytest.raises(ValueError, match="another plan.*epochs"):
+        _check_plan(_study(tmp_path, epochs=5))
+    with pytest.raises(ValueError, match="another plan.*amp"):
+        _check_plan(_study(tmp_path, amp="none" if grown.budget.amp == "bf16" else "bf16"))
