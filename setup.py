@@ -1,62 +1,68 @@
-"""Build: ``pip install --no-build-isolation -e .`` (see scripts/install.sh).
+"""Build of ap3d-kernels (metadata and dependencies are in pyproject.toml).
 
-torch is deliberately NOT in install_requires: pip would otherwise pull the multi-GB CUDA build
-onto CPU machines, or replace the CUDA build a GPU user installed. Install torch first.
+Two install commands, both using the torch already installed (torch is deliberately not a
+dependency: pip would pull the multi-GB CUDA build onto CPU machines or replace a user's build):
+
+* ``pip install --no-build-isolation -e .`` (scripts/install.sh): the build sees torch and
+  compiles the C++ extension ``ap3d_kernels._C`` now.
+* ``pip install -e .``: pip builds in an isolated environment without torch; the package is then
+  installed without the extension, and ``ap3d_kernels._build`` compiles the kernels on first use
+  against the torch of the process (cached per torch version).
 """
 import glob
+import importlib.util
 import os
+import shutil
+import sys
 
-from setuptools import find_packages, setup
-
-try:
-    import torch  # noqa: F401
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
-except ImportError as exc:  # pragma: no cover - exercised only on a machine without torch
-    raise SystemExit(
-        "ap3d-kernels builds a PyTorch C++ extension, so torch must be installed first:\n"
-        "  CPU:  pip install torch==2.13.0\n"
-        "  GPU:  install the CUDA build of torch for your driver (see pytorch.org)\n"
-        "then:  pip install --no-build-isolation -e .\n"
-        f"(import error: {exc})"
-    )
+from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 
+
+def _load_build_module():
+    # ap3d_kernels/_build.py by path: importing the package would import torch
+    spec = importlib.util.spec_from_file_location("_ap3d_build", os.path.join(ROOT, "ap3d_kernels", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_build = _load_build_module()
+
+
+class BuildPyWithSources(build_py):
+    """A non-editable install also ships csrc/ as ap3d_kernels/_csrc, for the first-use build."""
+
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            target = os.path.join(self.build_lib, "ap3d_kernels", "_csrc")
+            os.makedirs(target, exist_ok=True)
+            for path in glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "*.h")):
+                shutil.copy2(path, target)
+
+
+cmdclass = {"build_py": BuildPyWithSources}
 ext_modules = []
-if sources and os.environ.get("AP3D_SKIP_EXTENSION", "0") != "1":
-    ext_modules.append(
-        CppExtension(
-            name="ap3d_kernels._C",
-            sources=sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
-            # Baseline ISA on purpose: the hot loops carry their own AVX2/AVX-512 clones
-            # (csrc/apm_cpu_math.h), so one build runs on every x86-64 CPU.
-            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-DAP3D_PYTHON_MODULE"]},
-            extra_link_args=["-fopenmp"],
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError:  # pip's build isolation (or no torch at all): no extension now, first-use build later
+    print(_build.NO_TORCH_AT_BUILD)
+else:
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if sources and os.environ.get("AP3D_SKIP_EXTENSION", "0") != "1":
+        ext_modules.append(
+            CppExtension(
+                name="ap3d_kernels._C",
+                sources=sources,
+                include_dirs=[os.path.join(ROOT, "csrc")],
+                extra_compile_args={"cxx": [*_build.CXX_FLAGS, "-DAP3D_PYTHON_MODULE"]},
+                extra_link_args=list(_build.LINK_FLAGS),
+            )
         )
-    )
+    cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
 
-setup(
-    name="ap3d-kernels",
-    version="0.1.0",
-    description="Appearance-Preserving 3D Convolution: fused APM kernels (C++/Triton) and a video ReID system",
-    packages=find_packages(include=["ap3d_kernels", "ap3d_kernels.*", "reid", "reid.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "numpy",
-        "scipy",
-        "pillow",
-        "tqdm",
-        "pyyaml",
-        "tensorboard",
-        "matplotlib",
-    ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "triton>=3.0", "ninja"],
-        "triton": ["triton>=3.0"],
-    },
-    ext_modules=ext_modules,
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    zip_safe=False,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

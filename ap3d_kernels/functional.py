@@ -1,31 +1,37 @@
 """``ap3d_kernels.apm``: one entry point, several backends.
 
-Backends are modules imported lazily (importing triton is slow, and ``TRITON_INTERPRET`` must be
-set before it is imported). Each backend module exposes:
+The entry point validates the arguments once (:mod:`ap3d_kernels.validation`), picks the backend,
+and runs either the pure-PyTorch reference or, for a fused backend, the shared prologue followed
+by the backend's core operator (the contract: :mod:`ap3d_kernels.backends`).
 
-- ``is_available() -> tuple[bool, str]``: whether it can run here, and if not, why and how to fix;
-- ``supports_device(device: torch.device) -> bool``;
-- ``apm(x, g_weight, theta_weight, phi_weight, att_weight, *, scale, time_dim, contrastive,
-  detach_gate_inputs) -> Tensor``: differentiable, arguments already validated.
+Backend modules are imported once and cached. The CPU backend is imported with this module (it
+only loads a small shared library), so a ``torch.compile``'d call never traces an import and a
+``FlopCounterMode`` created before the first call already knows its FLOP formulas. The Triton
+backend is imported on demand (importing triton is slow, and ``TRITON_INTERPRET`` must be set
+before it is imported): :func:`preload_backends`, which ``ap3d_kernels.APM`` calls when it is
+constructed, imports it when it may be used. Each backend module exposes ``is_available() ->
+(bool, reason)``, ``supports_device(device) -> bool`` and ``forward_op``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from typing import Callable, Optional
 
 import torch
 
+from .backends import fused_apm
 from .reference import apm_reference
 from .validation import check_apm_args
 
-__all__ = ["apm", "available_backends", "preload_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["apm", "run_apm", "available_backends", "preload_backends", "resolve_backend", "BACKENDS"]
 
 # name -> module path; "reference" is built in.
 BACKENDS: dict[str, Optional[str]] = {
     "reference": None,
-    "cpu": "ap3d_kernels.apm_cpu",
-    "triton": "ap3d_kernels.apm_triton",
+    "cpu": "ap3d_kernels.backends.cpu",
+    "triton": "ap3d_kernels.backends.triton",
 }
 # What "auto" tries first for a device type; the reference is always the last resort.
 _AUTO_PREFERENCE = {"cpu": "cpu", "cuda": "triton"}
@@ -48,16 +54,20 @@ def _load(name: str):
     return module
 
 
-def preload_backends() -> None:
-    """Import now the backend modules that ``"auto"`` may pick in this process.
+def preload_backends(*names: str) -> None:
+    """Import now the named backend modules, or with no names those ``"auto"`` may pick here.
 
     Call it from eager code (``ap3d_kernels.APM`` does, when constructed): a ``torch.compile``'d
-    call then only reads the cache, whereas tracing the first import would break the graph.
-    Importing ``ap3d_kernels`` itself stays light (no triton, no shared library).
+    call then only reads the cache, whereas tracing the first import would break the graph, and
+    a ``FlopCounterMode`` entered afterwards sees the backend's FLOP formulas.
     """
-    _load("cpu")
-    if torch.cuda.is_available():
-        _load("triton")
+    if not names:
+        names = ("cpu", "triton") if torch.cuda.is_available() else ("cpu",)
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+        if BACKENDS[name] is not None:
+            _load(name)
 
 
 class _Unavailable:
@@ -99,7 +109,7 @@ def resolve_backend(backend: str, device: torch.device) -> Callable:
         mod = _load(preferred)
         ok, reason = mod.is_available()
         if ok and mod.supports_device(device):
-            return mod.apm
+            return _fused(mod)
         if preferred not in _warned:
             _warned.add(preferred)
             warnings.warn(
@@ -115,7 +125,11 @@ def resolve_backend(backend: str, device: torch.device) -> Callable:
         raise RuntimeError(reason)
     if not mod.supports_device(device):
         raise ValueError(f"backend {backend!r} cannot run on tensors on {device} (x is on {device})")
-    return mod.apm
+    return _fused(mod)
+
+
+def _fused(mod) -> Callable:
+    return functools.partial(fused_apm, mod.forward_op)
 
 
 def apm(
@@ -146,8 +160,21 @@ def apm(
     Returns:
         ``[B, C, N*T, H, W]`` with frames ``[z(t-N//2) .. x_t .. z(t+N//2)]`` for each ``t``.
     """
+    return run_apm(
+        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive,
+        detach_gate_inputs=detach_gate_inputs, backend=backend,
+    )
+
+
+def run_apm(
+    x, g_weight, theta_weight, phi_weight, att_weight, *, scale, time_dim, contrastive, detach_gate_inputs, backend,
+    caller: Optional[str] = None,
+) -> torch.Tensor:
+    """:func:`apm` for callers that name themselves in its error messages (``ap3d_kernels.APM``):
+    the one place where the arguments are validated and the backend is chosen."""
     scale, time_dim = check_apm_args(
-        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive
+        x, g_weight, theta_weight, phi_weight, att_weight, scale=scale, time_dim=time_dim, contrastive=contrastive,
+        caller=caller,
     )
     fn = resolve_backend(backend, x.device)
 
@@ -164,3 +191,8 @@ def apm(
         with torch.autocast(x.device.type, enabled=False):
             return fn(*args, **kwargs)
     return fn(*args, **kwargs)
+
+
+# The CPU backend is cheap to import (see the module docstring); the import records, rather than
+# raises, a missing extension.
+preload_backends("cpu")

@@ -59,9 +59,10 @@ def apm_reference(
     pad = (0, 0, 0, 0, half, half)
     keys_padded = F.pad(query, pad)
     values_padded = F.pad(values, pad)
-    index = torch.tensor([[t + half + o for o in offsets] for t in range(T)], device=x.device)
-    keys = keys_padded[:, index]  # [B, T, N-1, HW, Ck]
-    neighbours = values_padded[:, index]  # [B, T, N-1, HW, C]
+    # neighbour o of every frame t is padded frame t + half + o: one slice per offset (no index
+    # tensor built from range(T), so T stays symbolic under torch.export / ONNX export)
+    keys = torch.stack([keys_padded[:, half + o:half + o + T] for o in offsets], dim=2)  # [B, T, N-1, HW, Ck]
+    neighbours = torch.stack([values_padded[:, half + o:half + o + T] for o in offsets], dim=2)  # [B, T, N-1, HW, C]
 
     similarity = scale * (query.unsqueeze(2) @ keys.transpose(-1, -2))  # [B, T, N-1, HW, HW]
     weights = torch.softmax(similarity, dim=-1)

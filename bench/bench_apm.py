@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark of the Appearance-Preserving Module: reference vs SDPA vs the fused backends.
 
-    python bench/bench_apm.py --device cpu      # B=8 clips of T=4 frames, float32
+    python bench/bench_apm.py --device cpu      # B=8 clips of T=4 frames, float32 and bfloat16
     python bench/bench_apm.py --device cuda     # B=32, float32 and bfloat16
 
-For each implementation (the pure-PyTorch reference, an SDPA formulation, and every fused
-backend that ``ap3d_kernels.available_backends(device)`` reports) it measures, at the paper's
-stage-2 (C=128, 32x16) and stage-3 (C=256, 16x8) shapes with the full contrastive gate:
+For each implementation (the pure-PyTorch reference, an SDPA formulation, every fused backend
+that ``ap3d_kernels.available_backends(device)`` reports, and FlexAttention as a peer for the
+attention core) it measures, at the paper's stage-2 (C=128, 32x16) and stage-3 (C=256, 16x8)
+shapes with the full contrastive gate:
 
 - forward time (under ``torch.no_grad``) and forward+backward time: the fastest of ``--repeats``
   runs after ``--warmup`` runs, with device synchronisation around each run (the minimum, because
@@ -17,6 +18,10 @@ stage-2 (C=128, 32x16) and stage-3 (C=256, 16x8) shapes with the full contrastiv
   included). CUDA: ``torch.cuda.max_memory_allocated``. CPU: every allocation and free of the
   CPU allocator is recorded with ``torch.profiler`` (``profile_memory=True``) and the running
   sum is maximised; the fused kernels take their scratch from the same allocator, so it counts;
+- ``flex-attention (core, fwd)``: ``torch.compile``'d ``flex_attention`` computing only
+  ``softmax(s q_t q_t'^T) x_t'`` for every neighbour offset, on the normalised maps prepared
+  outside the timed region (no projections, no gate, no interleaved output); forward only,
+  because on CPU flex_attention has no backward. It is the attention peer to beat;
 - the fused forward's GFLOP/s (FLOPs from ``ap3d_kernels.flops``) against this machine's
   measured dense GEMM rate (a large ``torch.mm``), and on CUDA against the GPU's datasheet peak,
   with the achieved memory bandwidth (compulsory traffic: inputs read once, outputs written once).
@@ -83,6 +88,34 @@ def apm_sdpa(x, g, theta, phi, att, *, scale=4.0, time_dim=3, contrastive=True, 
         frames.append(y)
     frames.insert(half, values)
     return torch.stack(frames, dim=2).permute(0, 4, 1, 2, 3).reshape(B, C, T * time_dim, H, W)
+
+
+class FlexCore:
+    """APM's attention core alone with FlexAttention (see the module docstring). ``prepare``
+    builds the normalised maps once; the returned call is what is timed."""
+
+    fwd_only = True
+
+    def __init__(self):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.flex = torch.compile(flex_attention)
+
+    def prepare(self, inputs, *, scale=4.0, time_dim=3):
+        x, g = inputs[:2]
+        B, C, T, H, W = x.shape
+        half = time_dim // 2
+        values = x.reshape(B, C, T, H * W).permute(0, 2, 3, 1).contiguous()  # [B, T(heads), HW, C]
+        q = F.normalize(values @ g.t(), dim=-1).contiguous()
+        pad = (0, 0, 0, 0, half, half)
+        k_all, v_all = F.pad(q, pad), F.pad(values, pad)
+        pairs = [(k_all[:, half + o : half + o + T].contiguous(), v_all[:, half + o : half + o + T].contiguous())
+                 for o in neighbour_offsets(time_dim)]
+
+        def core():
+            return [self.flex(q, k, v, scale=scale) for k, v in pairs]
+
+        return core
 
 
 def sdpa_backend_name(device, dtype, C, HW):
@@ -160,15 +193,27 @@ def make_inputs(B, C, T, H, W, device, dtype, seed=0):
     return rnd(B, C, T, H, W), rnd(ck, C, std=C**-0.5), rnd(ck, C, std=C**-0.5), rnd(ck, C, std=C**-0.5), rnd(ck)
 
 
-def implementations(device):
+def implementations(device, flex=True):
     impls = {"reference": apm_reference, "sdpa": apm_sdpa}
     for name in available_backends(device):
         if name != "reference":
             impls[f"fused-{name}"] = lambda *a, _b=name, **k: apm(*a, backend=_b, **k)
+    if flex:
+        impls["flex-attention (core, fwd)"] = FlexCore()
     return impls
 
 
 def measure(fn, inputs, device, warmup, repeats, with_memory=True):
+    if getattr(fn, "fwd_only", False):
+        core = fn.prepare(inputs)
+        with torch.no_grad():
+            core()  # compile
+            fwd, fwd_med = time_runs(core, device, warmup, repeats)
+            row = {"fwd_ms": fwd * 1e3, "fwd_median_ms": fwd_med * 1e3, "fwd_bwd_ms": None, "fwd_bwd_median_ms": None}
+            if with_memory:
+                row["fwd_peak_mib"] = peak_extra_bytes(core, device) / 2**20
+                row["fwd_bwd_peak_mib"] = None
+        return row
     x, *weights = inputs
     leaves = [t.detach().requires_grad_() for t in (x, *weights)]
     grad_out = None
@@ -206,11 +251,12 @@ def gpu_peaks(device):
 
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # no prefix matching
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=None, help="clips per batch (default: 8 on cpu, 32 on cuda)")
     p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--dtypes", default=None, help="comma list (default: float32 on cpu, float32,bfloat16 on cuda)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of dtypes (default: float32,bfloat16)")
+    p.add_argument("--no-flex", action="store_true", help="leave out the FlexAttention row (compiles once per shape)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--sweep-batch", type=int, default=2)
@@ -223,8 +269,8 @@ def main(argv=None):
         p.error("--device cuda but no CUDA device is available")
     B = args.batch or (8 if device.type == "cpu" else 32)
     T = args.frames
-    dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")).split(",")]
-    impls = implementations(device)
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    impls = implementations(device, flex=not args.no_flex)
     load_start = os.getloadavg()
 
     meta = {
@@ -241,9 +287,9 @@ def main(argv=None):
     }
     if device.type == "cpu":
         try:
-            from ap3d_kernels import apm_cpu
+            from ap3d_kernels.backends import cpu as cpu_backend
 
-            meta["cpu_kernel_isa"] = apm_cpu.isa()
+            meta["cpu_kernel_isa"] = cpu_backend.isa()
         except RuntimeError as exc:
             meta["cpu_kernel_isa"] = f"unavailable: {exc}"
     else:
@@ -269,8 +315,11 @@ def main(argv=None):
             for name, fn in impls.items():
                 r = measure(fn, inputs, device, args.warmup, args.repeats)
                 r.update(stage=stage, dtype=dname, impl=name, C=C, H=H, W=W, B=B, T=T)
-                r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
-                r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9
+                if getattr(fn, "fwd_only", False):  # the attention core alone, every offset incl. padding
+                    r["fwd_gflops"] = 2 * B * T * 2 * (H * W) ** 2 * (C // 16 + C) / (r["fwd_ms"] * 1e-3) / 1e9
+                else:
+                    r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
+                    r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9
                 r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dname]
                 if name == "sdpa":
                     r["sdpa_backend"] = sdpa_choice
@@ -285,11 +334,11 @@ def main(argv=None):
                 rows.append(r)
                 ref = next(x for x in rows if x["impl"] == "reference" and x["stage"] == stage and x["dtype"] == dname)
                 r["fwd_speedup"] = ref["fwd_ms"] / r["fwd_ms"]
-                r["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-                print(f"{dname:8s} {stage} {name:14s} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_gflops']:7.1f} GFLOP/s, "
-                      f"{100 * r['fwd_frac_of_gemm']:5.1f}% GEMM)  fwd+bwd {r['fwd_bwd_ms']:8.2f} ms "
-                      f"(x{r['fwd_bwd_speedup']:.2f} vs ref)  peak fwd {r['fwd_peak_mib']:8.1f} MiB, "
-                      f"fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
+                r["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if r["fwd_bwd_ms"] else None
+                print(f"{dname:8s} {stage} {name:26s} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_gflops']:7.1f} GFLOP/s, "
+                      f"{100 * r['fwd_frac_of_gemm']:5.1f}% GEMM)  fwd+bwd {_fmt(r['fwd_bwd_ms'], '8.2f')} ms "
+                      f"(x{_fmt(r['fwd_bwd_speedup'], '.2f')} vs ref)  peak fwd {r['fwd_peak_mib']:8.1f} MiB, "
+                      f"fwd+bwd {_fmt(r['fwd_bwd_peak_mib'], '8.1f')} MiB", flush=True)
 
     sweep = []
     if not args.no_sweep:
@@ -297,6 +346,8 @@ def main(argv=None):
         for H, W in SWEEP:
             inputs = make_inputs(args.sweep_batch, 128, T, H, W, device, dtype, seed=1)
             for name, fn in impls.items():
+                if getattr(fn, "fwd_only", False):
+                    continue
                 r = measure(fn, inputs, device, warmup=1, repeats=3)
                 r.update(impl=name, HW=H * W, H=H, W=W, C=128, B=args.sweep_batch, T=T,
                          dtype=str(dtype).replace("torch.", ""))
@@ -304,7 +355,7 @@ def main(argv=None):
                 print(f"sweep HW={H * W:5d} {name:14s} fwd+bwd {r['fwd_bwd_ms']:9.2f} ms  peak fwd "
                       f"{r['fwd_peak_mib']:8.1f} MiB  fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
         meta["memory_growth_exponent"] = {}
-        for name in impls:
+        for name in dict.fromkeys(r["impl"] for r in sweep):
             pts = [(r["HW"], r["fwd_bwd_peak_mib"]) for r in sweep if r["impl"] == name]
             (h0, m0), (h1, m1) = pts[0], pts[-1]
             meta["memory_growth_exponent"][name] = math.log(m1 / m0) / math.log(h1 / h0)
@@ -328,6 +379,11 @@ def main(argv=None):
     print(f"written: {stem}.json, {stem}.md")
 
 
+def _fmt(value, spec, suffix=""):
+    """A number for the tables, or "n/a" (forward-only rows have no backward figures)."""
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
 def render_markdown(meta, rows, sweep):
     lines = [
         f"# APM benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})",
@@ -340,6 +396,9 @@ def render_markdown(meta, rows, sweep):
         + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in meta["gemm_gflops"].items())
         + (f". CPU kernel ISA: {meta['cpu_kernel_isa']}." if "cpu_kernel_isa" in meta else "."),
         "",
+        "The flex-attention row times the attention core alone (no projections, gate or interleaved output; "
+        "forward only) and counts only its FLOPs; every other row is the whole APM.",
+        "",
         "| dtype | shape | impl | fwd ms | fwd+bwd ms | fwd+bwd speed-up | fwd GFLOP/s | fwd % of GEMM "
         "| peak fwd MiB | peak fwd+bwd MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -348,9 +407,9 @@ def render_markdown(meta, rows, sweep):
         shape = f"{r['stage']} C={r['C']} {r['H']}x{r['W']}"
         impl = r["impl"] + (f" ({r['sdpa_backend']})" if "sdpa_backend" in r else "")
         lines.append(
-            f"| {r['dtype']} | {shape} | {impl} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
-            f"{r['fwd_bwd_speedup']:.2f}x | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac_of_gemm']:.0f}% | "
-            f"{r['fwd_peak_mib']:.1f} | {r['fwd_bwd_peak_mib']:.1f} |"
+            f"| {r['dtype']} | {shape} | {impl} | {r['fwd_ms']:.1f} | {_fmt(r['fwd_bwd_ms'], '.1f')} | "
+            f"{_fmt(r['fwd_bwd_speedup'], '.2f', 'x')} | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac_of_gemm']:.0f}% | "
+            f"{r['fwd_peak_mib']:.1f} | {_fmt(r['fwd_bwd_peak_mib'], '.1f')} |"
         )
     if any("fwd_gb_per_s" in r for r in rows):
         lines += ["", "| dtype | shape | impl | fwd TFLOP/s | % of peak FLOP/s | fwd GB/s | % of peak BW |",

@@ -1,25 +1,24 @@
-// Operator registration: torch.ops.ap3d_cpu.apm_fwd / apm_bwd.
+// Operator registration: torch.ops.ap3d_cpu.apm_fwd / apm_bwd / apm_isa.
 //
 // Registered with TORCH_LIBRARY so that the same shared object works whether it is built by
 // setup.py (imported as the Python module ap3d_kernels._C) or by CMake (loaded with
-// torch.ops.load_library). Fake kernels, autograd and FLOP formulas live in
-// ap3d_kernels/apm_cpu.py.
+// torch.ops.load_library). The schemas are the APM core contract shared by every backend
+// (ap3d_kernels/backends/__init__.py: FORWARD_SCHEMA / BACKWARD_SCHEMA, checked equal by the
+// tests); fake kernels, autograd and FLOP formulas live in ap3d_kernels/backends/cpu.py.
 #include <torch/library.h>
 
 #include "apm_cpu.h"
 
 TORCH_LIBRARY(ap3d_cpu, m) {
-  // Where the fake (meta) kernels and autograd formulas are registered.
-  m.set_python_module("ap3d_kernels.apm_cpu");
+  // Where the fake (meta) kernels and the autograd formula are registered.
+  m.set_python_module("ap3d_kernels.backends.cpu");
   m.def(
-      "apm_fwd(Tensor x, Tensor g_weight, Tensor? theta_weight, Tensor? phi_weight, Tensor? att_weight, "
-      "float scale, int time_dim, bool contrastive, bool detach_gate_inputs) -> (Tensor out, Tensor lse, Tensor gate, "
-      "Tensor phi_y)");
+      "apm_fwd(Tensor x, Tensor q, Tensor? vphi, Tensor? tw, float scale, int time_dim, bool contrastive, "
+      "bool detach_gate_inputs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "apm_bwd(Tensor grad_out, Tensor x, Tensor g_weight, Tensor? theta_weight, Tensor? phi_weight, "
-      "Tensor? att_weight, Tensor out, Tensor lse, Tensor gate, Tensor phi_y, float scale, int time_dim, "
-      "bool contrastive, bool detach_gate_inputs) -> (Tensor grad_x, Tensor grad_g, Tensor grad_theta, "
-      "Tensor grad_phi, Tensor grad_att)");
+      "apm_bwd(Tensor grad_out, Tensor x, Tensor q, Tensor? vphi, Tensor? tw, Tensor out, Tensor lse, Tensor gate, "
+      "Tensor phi, float scale, int time_dim, bool contrastive, bool detach_gate_inputs) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
   m.def("apm_isa() -> str", &ap3d::apm_cpu_isa);
 }
 

@@ -15,11 +15,13 @@ import os
 import sys
 
 from .engine import distributed as du
-from .engine.checkpoint import CheckpointError, load_checkpoint
-from .engine.config import ConfigError, build_parser, config_from_dict, load_config
+from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .engine.cli import run_command
+from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
 from .engine.reporting import setup_logger
-from .engine.trainer import build_data, build_network
+from .engine.builders import build_data, build_network
+from .plot import plot_results_file
 
 
 def _extra(parser):
@@ -35,20 +37,15 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
         base = config_from_dict(ckpt["config"], source=path)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
-    # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint
-    base = dataclasses.replace(base, pretrained=None, resume=None)
+    # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
+    # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device)
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto")
     cfg = load_config(args, base=base)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
     ds = build_data(cfg, int(cfg.split_id), info)
     model = build_network(cfg, int(ckpt["num_classes"]), pretrained=None)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit {cfg.arch} with {ckpt['num_classes']} classes "
-            f"({str(exc).splitlines()[0]})"
-        ) from exc
+    load_model_weights(model, ckpt["model"], f"checkpoint {path}", f"{cfg.arch} with {ckpt['num_classes']} classes")
     model.to(info.device)
     if info.is_main:
         log.info(f"{path}: {cfg.arch}, epoch {ckpt['epoch']}, {cfg.dataset} split {cfg.split_id}")
@@ -59,32 +56,30 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
         stem = os.path.splitext(os.path.basename(path))[0]
         write_json(result, os.path.join(ckpt_dir, f"{stem}.results.json"))
         log.info(format_results(result, title=f"Test ({os.path.basename(path)}, epoch {ckpt['epoch']})"))
+        log.info(f"CMC plot: {plot_results_file(os.path.join(ckpt_dir, f'{stem}.results.json'))}")
     return result
+
+
+def evaluate_checkpoints(args) -> list:
+    check_device(getattr(args, "device", "auto"))
+    info = du.init_distributed(getattr(args, "device", "auto"))
+    results = [evaluate_checkpoint(p, args, info) for p in args.checkpoint]
+    if len(results) > 1 and info.is_main:
+        mean = mean_over_splits(results)
+        mean["checkpoints"] = [r["checkpoint"] for r in results]
+        out = args.output or os.path.join(
+            os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in args.checkpoint]), "results_mean.json"
+        )
+        write_json(mean, out)
+        print(format_results(mean, title=f"Mean over {len(results)} checkpoints"))
+        print(f"written: {out}, {plot_results_file(out)}")
+    return results
 
 
 def main(argv=None) -> int:
     parser = build_parser("Evaluate reid.train checkpoints with the video re-ID protocol.", extra=_extra, prog="python -m reid.test")
     args = parser.parse_args(argv)
-    info = None
-    try:
-        info = du.init_distributed(getattr(args, "device", "auto"))
-        results = [evaluate_checkpoint(p, args, info) for p in args.checkpoint]
-        if len(results) > 1 and info.is_main:
-            mean = mean_over_splits(results)
-            mean["checkpoints"] = [r["checkpoint"] for r in results]
-            out = args.output or os.path.join(
-                os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in args.checkpoint]), "results_mean.json"
-            )
-            write_json(mean, out)
-            print(format_results(mean, title=f"Mean over {len(results)} checkpoints"))
-            print(f"written: {out}")
-        return 0
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        # user errors (bad value, missing or malformed data, unreadable checkpoint): the message, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        du.cleanup()
+    return run_command(lambda: evaluate_checkpoints(args))
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ import json, pathlib, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import ap3d_kernels.apm_triton as at
+import ap3d_kernels.backends.triton.kernels as at
 
-assert not at.interpreting()
+assert not at.INTERPRETED
 TYPES = {"fp32": ("fp32", "fp32", "fp32"), "fp16": ("fp16", "fp16", "fp32"),
          "bf16": ("bf16", "fp16", "fp32"), "fp64": ("fp64", "fp64", "fp64")}
 VALUE_PTRS = {"X", "OUT", "DOUT", "DX"}
@@ -99,26 +99,26 @@ PREC = {"fp32": "ieee", "fp16": "tf32", "bf16": "tf32", "fp64": "ieee"}
 
 def fwd(dtype, contrastive=True, row_max=False, arch=90, blocks=(64, 64, 128), warps=4, stages=2, prec=None):
     m, n, c = blocks
-    return dict(kernel="_apm_fwd_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
+    return dict(kernel="apm_fwd_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
                 constexprs=dict(TIME_DIM=3, CKP=16, CONTRASTIVE=contrastive, ROW_MAX=row_max,
                                 PREC=prec or PREC[dtype], BLOCK_M=m, BLOCK_N=n, BLOCK_C=c))
 
 
 def rowdot(dtype, arch=90):
-    return dict(kernel="_apm_bwd_rowdot_kernel", dtype=dtype, arch=arch, num_warps=4, num_stages=2,
+    return dict(kernel="apm_bwd_rowdot_kernel", dtype=dtype, arch=arch, num_warps=4, num_stages=2,
                 constexprs=dict(TIME_DIM=5, BLOCK_M=64, BLOCK_C=128))
 
 
 def dx(dtype, contrastive=True, arch=90, blocks=(64, 64, 128), warps=4, stages=2):
     m, n, c = blocks
-    return dict(kernel="_apm_bwd_dx_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
+    return dict(kernel="apm_bwd_dx_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
                 constexprs=dict(TIME_DIM=3, CKP=16, CONTRASTIVE=contrastive, PREC=PREC[dtype],
                                 BLOCK_M=m, BLOCK_N=n, BLOCK_C=c))
 
 
 def dkdq(which, dtype, contrastive=True, to_p=False, one_c=True, arch=90, blocks=(64, 64, 128), warps=4, stages=2, ckp=16):
     m, n, c = blocks
-    return dict(kernel=f"_apm_bwd_{which}_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
+    return dict(kernel=f"apm_bwd_{which}_kernel", dtype=dtype, arch=arch, num_warps=warps, num_stages=stages,
                 constexprs=dict(TIME_DIM=3, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=to_p,
                                 PREC=PREC[dtype], ONE_C=one_c, BLOCK_M=m, BLOCK_N=n, BLOCK_C=c,
                                 **({"WITH_DX": one_c} if which == "dk" else {})))
@@ -169,7 +169,7 @@ def test_every_kernel_and_branch_compiles(arch, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, smem_limit", [(80, 166912), (90, 232448)])  # bytes per block
 def test_every_autotune_config_compiles_and_fits_shared_memory(arch, smem_limit):
-    from ap3d_kernels.apm_triton import GPU_CONFIG_CHOICES
+    from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES
 
     cases = [fwd("bf16", blocks=(m, n, 128), warps=w, stages=s, arch=arch) for m, n, w, s in GPU_CONFIG_CHOICES["fwd"]]
     for m, n, w, s in GPU_CONFIG_CHOICES["bwd_kv"]:

@@ -22,7 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from ap3d_kernels import apm, apm_reference, apm_cpu
+    from ap3d_kernels import apm, apm_reference
+    from ap3d_kernels.backends import cpu as apm_cpu
     ok, reason = apm_cpu.is_available()
     assert ok, reason
     assert "ap3d_kernels._C" not in sys.modules, "the setup.py extension was loaded instead of the CMake one"

@@ -249,6 +249,42 @@ def test_from_2d_accepts_an_inflated_conv3d_and_rejects_temporal_ones():
         P3DC.from_2d(nn.Linear(3, 3))
 
 
+def test_from_2d_can_give_the_block_another_stride():
+    """How a ResNet's last stride reaches a temporal block built from its 2D conv."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False)
+    block = make_block(APP3DB, conv, stride=1)
+    assert block.stride == (1, 1) and block.temporal_conv3d.stride == (3, 1, 1)
+    x = torch.randn(1, 16, 3, 6, 4)
+    torch.testing.assert_close(block(x), per_frame_conv2d(x, conv.weight, stride=1), rtol=1e-5, atol=1e-5)
+    assert conv.stride == (2, 2)  # the source conv is not modified
+
+
+def test_a_new_block_is_a_plain_subclass():
+    """The base class validates the geometry; a subclass sets its own options, creates its
+    layers and calls reset_parameters(), like a torch.nn layer: no hook runs before it is ready."""
+
+    class ScaledC2D(TemporalBlock):
+        def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
+                     time_dim=3, gain=2.0):
+            super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
+            self.gain = gain
+            self.conv3d = self._spatial_conv3d(bias)
+            self.reset_parameters()
+
+        @property
+        def spatial_conv(self):
+            return self.conv3d
+
+        def forward(self, x):
+            return self.gain * self.conv3d(x)
+
+    conv = nn.Conv2d(8, 4, 3, padding=1, bias=True)
+    block = ScaledC2D.from_2d(conv, gain=3.0)
+    x = torch.randn(2, 8, 3, 5, 5)
+    torch.testing.assert_close(block(x), 3.0 * per_frame_conv2d(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+
+
 def test_parallel_branches_need_same_padding():
     with pytest.raises(ValueError, match="padding = kernel_size // 2"):
         P3DB(32, 32, kernel_size=3, padding=0)

@@ -155,7 +155,7 @@ BAD_INPUTS = [
     ("x of rank 4", lambda a: [a[0][:, :, 0], *a[1:]], {}, ValueError, ["x", "[B, C, T, H, W]", "(1, 32, 4, 3)"]),
     ("integer x", lambda a: [a[0].long(), *a[1:]], {}, TypeError, ["x", "floating", "torch.int64"]),
     ("x not a tensor", lambda a: [a[0].tolist(), *a[1:]], {}, TypeError, ["x", "list"]),
-    ("g channel mismatch", lambda a: [a[0], a[1][:, :16], *a[2:]], {}, ValueError, ["g_weight", "C = x.shape[1] = 32", "(2, 16)"]),
+    ("g channel mismatch", lambda a: [a[0], a[1][:, :16], *a[2:]], {}, ValueError, ["x must have 16 channels", "g_weight of shape [Ck=2, C=16]", "got 32"]),
     ("g as a conv weight", lambda a: [a[0], a[1][:, :, None, None, None], *a[2:]], {}, ValueError, ["g_weight", "[Ck, C=32]"]),
     ("theta shape", lambda a: [a[0], a[1], a[2][:1], *a[3:]], {}, ValueError, ["theta_weight", "[Ck=2, C=32]", "(1, 32)"]),
     ("phi missing", lambda a: [a[0], a[1], a[2], None, a[4]], {}, ValueError, ["phi_weight", "required", "contrastive=True"]),

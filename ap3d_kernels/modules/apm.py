@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import BACKENDS, apm, preload_backends
-from ..validation import check_scale, check_time_dim
-from ._checks import check_bool, check_positive_int, check_video_input
+from ..functional import BACKENDS, preload_backends, run_apm
+from ..validation import check_bool, check_positive_int, check_scale, check_time_dim
 
 __all__ = ["APM"]
 
@@ -59,7 +58,6 @@ class APM(nn.Module):
         self.contrastive = check_bool("contrastive", contrastive)
         self.detach_gate_inputs = check_bool("detach_gate_inputs", detach_gate_inputs)
         self.backend = backend
-        preload_backends()  # construction is eager; a compiled forward then never traces an import
 
         ck = self.inter_channels
         self.semantic_mapping = nn.Conv3d(channels, ck, kernel_size=1, bias=False)
@@ -78,6 +76,9 @@ class APM(nn.Module):
     def backend(self, value: str) -> None:
         if not isinstance(value, str) or value not in ("auto", *BACKENDS):
             raise ValueError(f"APM: backend must be one of {['auto', *BACKENDS]}, got {value!r}")
+        # Import the backend now, in eager code: a compiled forward then never traces an import,
+        # and a FlopCounterMode entered before the first forward knows the backend's formulas.
+        preload_backends(*(() if value == "auto" else (value,)))
         self._backend = value
 
     def reset_parameters(self) -> None:
@@ -87,8 +88,8 @@ class APM(nn.Module):
                 m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # run_apm validates x and the weights once, naming this module in its messages.
         weight = self.semantic_mapping.weight
-        check_video_input("APM", x, channels=self.channels, device=weight.device)
         ck, c = self.inter_channels, self.channels
         if self.contrastive:
             theta = self.x_mapping.weight.reshape(ck, c)
@@ -96,7 +97,7 @@ class APM(nn.Module):
             att = self.contrastive_att_net[0].weight.reshape(ck)
         else:
             theta = phi = att = None
-        return apm(
+        return run_apm(
             x,
             weight.reshape(ck, c),
             theta,
@@ -107,6 +108,7 @@ class APM(nn.Module):
             contrastive=self.contrastive,
             detach_gate_inputs=self.detach_gate_inputs,
             backend=self.backend,
+            caller="APM",
         )
 
     def extra_repr(self) -> str:

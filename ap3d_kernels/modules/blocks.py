@@ -7,9 +7,10 @@ kernel sits in the centre temporal tap (I3D, AP-I3D) or in a ``1 x k x k`` spati
 P3D-A's temporal conv is the identity and P3D-B/C's is zero. A network inflated from 2D
 weights therefore starts as its 2D (C2D) counterpart and learns temporal modelling from there.
 
-Build a block around existing 2D weights with ``Block.from_2d(conv)``, or re-initialise one
-from a 2D kernel with ``block.load_2d(weight, bias)``. Parameter names follow the release
-(``conv3d``; ``spatial_conv3d``/``temporal_conv3d``; ``APM``) so its checkpoints load.
+Build a block around existing 2D weights with ``Block.from_2d(conv)`` (the 2D kernel goes
+straight into its 3D place), or re-initialise one from a 2D kernel with
+``block.load_2d(weight, bias)``. Parameter names follow the release (``conv3d``;
+``spatial_conv3d``/``temporal_conv3d``; ``APM``) so its checkpoints load.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..validation import check_time_dim
-from ._checks import check_positive_int, check_video_input, describe
+from ..validation import check_positive_int, check_time_dim, check_video_input, describe
 from .apm import APM
 
 __all__ = [
@@ -50,24 +50,15 @@ def _spatial_pair(name: str, value) -> tuple[int, int]:
 class TemporalBlock(nn.Module, abc.ABC):
     """Base class: a 3D replacement of a 2D ``Conv2d(in, out, kernel_size, stride, padding)``.
 
-    Subclasses define ``_build()`` (create the layers), ``spatial_conv`` (the conv that holds the
-    2D kernel), ``_load_spatial(weight, bias)`` and ``_reset_temporal()`` (the release's
-    initialisation of everything else but APM, which keeps PyTorch's default conv init).
+    The base validates and stores the geometry. A subclass then creates its layers in its own
+    ``__init__`` and finishes with ``self.reset_parameters()`` (as ``torch.nn`` layers do); it
+    names the conv holding the 2D kernel (``spatial_conv``) and may initialise its other
+    weights in ``_reset_temporal()`` (the release's initialisation; APM keeps PyTorch's default).
     """
 
     uses_apm = False
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size=3,
-        stride=1,
-        padding=None,
-        bias: bool = False,
-        *,
-        time_dim: int = 3,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, *, time_dim: int = 3):
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
@@ -78,14 +69,8 @@ class TemporalBlock(nn.Module, abc.ABC):
             if min(pair) < low:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= {low}, got {pair}")
         self.time_dim = check_time_dim(time_dim)
-        self._build(bool(bias))
-        self.reset_parameters()
 
     # -- construction ---------------------------------------------------------------------
-    @abc.abstractmethod
-    def _build(self, bias: bool) -> None:
-        """Create the layers."""
-
     @property
     @abc.abstractmethod
     def spatial_conv(self) -> nn.Conv3d:
@@ -102,9 +87,10 @@ class TemporalBlock(nn.Module, abc.ABC):
         )
 
     @classmethod
-    def from_2d(cls, conv: nn.Module, **kwargs) -> "TemporalBlock":
+    def from_2d(cls, conv: nn.Module, *, stride=None, **kwargs) -> "TemporalBlock":
         """Build the block around the weights of ``conv``: an ``nn.Conv2d``, or an ``nn.Conv3d``
-        of temporal kernel, stride and padding ``(1, 1, 0)`` (a 2D conv already inflated)."""
+        of temporal kernel, stride and padding ``(1, 1, 0)`` (a 2D conv already inflated).
+        ``stride`` overrides the conv's spatial stride (e.g. a ResNet's last stride)."""
         if isinstance(conv, nn.Conv3d):
             if conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0:
                 raise ValueError(
@@ -112,10 +98,10 @@ class TemporalBlock(nn.Module, abc.ABC):
                     f"padding 0), got kernel_size={conv.kernel_size}, stride={conv.stride}, padding={conv.padding}"
                 )
             weight = conv.weight[:, :, 0]
-            kernel, stride, padding, dilation = conv.kernel_size[1:], conv.stride[1:], conv.padding[1:], conv.dilation
+            kernel, conv_stride, padding, dilation = conv.kernel_size[1:], conv.stride[1:], conv.padding[1:], conv.dilation
         elif isinstance(conv, nn.Conv2d):
             weight = conv.weight
-            kernel, stride, padding, dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+            kernel, conv_stride, padding, dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
         else:
             raise TypeError(f"{cls.__name__}.from_2d: conv must be an nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
         if isinstance(padding, str) or conv.groups != 1 or any(d != 1 for d in dilation) or conv.padding_mode != "zeros":
@@ -127,7 +113,7 @@ class TemporalBlock(nn.Module, abc.ABC):
             conv.in_channels,
             conv.out_channels,
             kernel_size=tuple(kernel),
-            stride=tuple(stride),
+            stride=tuple(conv_stride) if stride is None else stride,
             padding=tuple(padding),
             bias=conv.bias is not None,
             **kwargs,
@@ -177,27 +163,9 @@ class TemporalBlock(nn.Module, abc.ABC):
     def _reset_temporal(self) -> None:
         """Nothing beyond the spatial kernel by default (C2D, I3D, AP-I3D)."""
 
-    @staticmethod
-    def _identity_init(conv: nn.Conv3d) -> None:
-        # Centre tap = identity matrix: the temporal conv passes the centre frame through.
-        conv.weight.zero_()
-        eye = torch.eye(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype)
-        conv.weight[:, :, conv.kernel_size[0] // 2, 0, 0].copy_(eye)
-
     # -- forward --------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
         check_video_input(type(self).__name__, x, channels=self.in_channels, device=self.spatial_conv.weight.device)
-
-    def _make_apm(self, channels: int, apm_reduction, scale, contrastive, detach_gate_inputs, backend) -> APM:
-        return APM(
-            channels,
-            apm_reduction,
-            scale=scale,
-            time_dim=self.time_dim,
-            contrastive=contrastive,
-            detach_gate_inputs=detach_gate_inputs,
-            backend=backend,
-        )
 
     def extra_repr(self) -> str:
         return (
@@ -206,18 +174,17 @@ class TemporalBlock(nn.Module, abc.ABC):
         )
 
 
-class _APMixin:
-    """Keyword arguments shared by the AP variants (forwarded to ``APM``)."""
-
-    uses_apm = True
-
-    def _init_apm_options(self, apm_reduction, scale, contrastive, detach_gate_inputs, backend) -> None:
-        self._apm_options = (apm_reduction, scale, contrastive, detach_gate_inputs, backend)
-
-
 # ---------------------------------------------------------------------------------------------
 class _SingleConv3d(TemporalBlock):
-    """A block that is one ``conv3d``; subclasses choose its temporal extent in ``_build``."""
+    """One ``conv3d`` of temporal kernel 1 (C2D) or ``time_dim`` with "same" padding (I3D)."""
+
+    temporal_kernel = False
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *, time_dim=3):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
+        n = self.time_dim if self.temporal_kernel else 1
+        self.conv3d = self._spatial_conv3d(bias, time_dim=n, time_padding=n // 2)
+        self.reset_parameters()
 
     @property
     def spatial_conv(self):
@@ -231,29 +198,26 @@ class _SingleConv3d(TemporalBlock):
 class C2D(_SingleConv3d):
     """``1 x k x k`` conv: the 2D conv applied to each frame (no temporal modelling)."""
 
-    def _build(self, bias):
-        self.conv3d = self._spatial_conv3d(bias)
-
 
 class I3D(_SingleConv3d):
     """``N x k x k`` conv with temporal padding ``N // 2``, 2D kernel in the centre tap."""
 
-    def _build(self, bias):
-        self.conv3d = self._spatial_conv3d(bias, time_dim=self.time_dim, time_padding=self.time_dim // 2)
+    temporal_kernel = True
 
 
-class API3D(_APMixin, TemporalBlock):
+class API3D(TemporalBlock):
     """AP-I3D: ``APM(C_in)`` then an ``N x k x k`` conv of temporal stride ``N`` (no temporal
     padding), 2D kernel in the centre tap."""
 
+    uses_apm = True
+
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
                  time_dim=3, apm_reduction=16, scale=4.0, contrastive=True, detach_gate_inputs=True, backend="auto"):
-        self._init_apm_options(apm_reduction, scale, contrastive, detach_gate_inputs, backend)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, time_dim=time_dim)
-
-    def _build(self, bias):
-        self.APM = self._make_apm(self.in_channels, *self._apm_options)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
+        self.APM = APM(self.in_channels, apm_reduction, scale=scale, time_dim=self.time_dim, contrastive=contrastive,
+                       detach_gate_inputs=detach_gate_inputs, backend=backend)
         self.conv3d = self._spatial_conv3d(bias, time_dim=self.time_dim, time_stride=self.time_dim)
+        self.reset_parameters()
 
     @property
     def spatial_conv(self):
@@ -264,139 +228,117 @@ class API3D(_APMixin, TemporalBlock):
         return self.conv3d(self.APM(x))
 
 
-class _P3D(TemporalBlock):
-    """Spatial ``1 x k x k`` conv plus a temporal ``N x 1 x 1`` conv (no bias)."""
+class _P3DLayout(TemporalBlock):
+    """Spatial ``1 x k x k`` conv ``s`` and a temporal ``N x 1 x 1`` conv ``t`` (no bias), arranged
+    as ``t(s(x))`` (A, centre tap = identity), ``s(x) + t(x)`` (B, zero) or ``s(x) + t(s(x))``
+    (C, zero). The AP variants put ``APM`` before ``t``, which then has temporal stride ``N``."""
 
-    def _temporal_conv3d(self, in_channels, *, time_stride=1, time_padding=None, spatial_stride=(1, 1)) -> nn.Conv3d:
-        return nn.Conv3d(
-            in_channels,
+    arrangement = "C"
+
+    def _add_convs(self, bias: bool) -> None:
+        parallel = self.arrangement == "B"  # t sees the input, so it carries the spatial stride
+        self.spatial_conv3d = self._spatial_conv3d(bias)
+        self.temporal_conv3d = nn.Conv3d(
+            self.in_channels if parallel else self.out_channels,
             self.out_channels,
             kernel_size=(self.time_dim, 1, 1),
-            stride=(time_stride, *spatial_stride),
-            padding=(self.time_dim // 2 if time_padding is None else time_padding, 0, 0),
+            stride=(self.time_dim if self.uses_apm else 1, *(self.stride if parallel else (1, 1))),
+            padding=(0 if self.uses_apm else self.time_dim // 2, 0, 0),
             bias=False,
         )
-
-    @property
-    def spatial_conv(self):
-        return self.spatial_conv3d
 
     def _check_parallel_geometry(self):
         # The parallel temporal branch (kernel 1 x 1, spatial stride s) has the spatial conv's
         # output size for every input size only with "same" padding.
-        if any(k % 2 == 0 or p != k // 2 for k, p in zip(self.kernel_size, self.padding)):
+        if self.arrangement == "B" and any(k % 2 == 0 or p != k // 2 for k, p in zip(self.kernel_size, self.padding)):
             raise ValueError(
                 f"{type(self).__name__}: the parallel temporal branch needs an odd kernel_size with padding = "
                 f"kernel_size // 2, got kernel_size={self.kernel_size}, padding={self.padding}"
             )
 
+    @property
+    def spatial_conv(self):
+        return self.spatial_conv3d
+
+    def _reset_temporal(self):
+        if self.arrangement == "A":  # centre tap = identity matrix: t passes the centre frame through
+            conv = self.temporal_conv3d
+            conv.weight.zero_()
+            eye = torch.eye(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype)
+            conv.weight[:, :, conv.kernel_size[0] // 2, 0, 0].copy_(eye)
+        else:
+            self.temporal_conv3d.weight.zero_()
+
+    def _temporal(self, x):
+        return self.temporal_conv3d(self.APM(x) if self.uses_apm else x)
+
+    def forward(self, x):
+        self._check(x)
+        out = self.spatial_conv3d(x)
+        if self.arrangement == "A":
+            return self._temporal(out)
+        return out + self._temporal(x if self.arrangement == "B" else out)
+
+
+class _P3D(_P3DLayout):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *, time_dim=3):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
+        self._check_parallel_geometry()
+        self._add_convs(bias)
+        self.reset_parameters()
+
+
+class _APP3D(_P3DLayout):
+    uses_apm = True
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
+                 time_dim=3, apm_reduction=16, scale=4.0, contrastive=True, detach_gate_inputs=True, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
+        self._check_parallel_geometry()
+        # APM works on what the temporal conv sees: the input (B) or the spatial conv's output
+        channels = self.in_channels if self.arrangement == "B" else self.out_channels
+        self.APM = APM(channels, apm_reduction, scale=scale, time_dim=self.time_dim, contrastive=contrastive,
+                       detach_gate_inputs=detach_gate_inputs, backend=backend)
+        self._add_convs(bias)
+        self.reset_parameters()
+
 
 class P3DA(_P3D):
     """P3D-A: spatial conv, then temporal conv (centre tap = identity)."""
 
-    def _build(self, bias):
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(self.out_channels)
-
-    def _reset_temporal(self):
-        self._identity_init(self.temporal_conv3d)
-
-    def forward(self, x):
-        self._check(x)
-        return self.temporal_conv3d(self.spatial_conv3d(x))
+    arrangement = "A"
 
 
 class P3DB(_P3D):
     """P3D-B: spatial conv plus a parallel temporal conv on the input (zero-initialised)."""
 
-    def _build(self, bias):
-        self._check_parallel_geometry()
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(self.in_channels, spatial_stride=self.stride)
-
-    def _reset_temporal(self):
-        self.temporal_conv3d.weight.zero_()
-
-    def forward(self, x):
-        self._check(x)
-        return self.spatial_conv3d(x) + self.temporal_conv3d(x)
+    arrangement = "B"
 
 
 class P3DC(_P3D):
     """P3D-C: spatial conv ``s``, then ``s + temporal(s)`` (temporal conv zero-initialised)."""
 
-    def _build(self, bias):
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(self.out_channels)
-
-    def _reset_temporal(self):
-        self.temporal_conv3d.weight.zero_()
-
-    def forward(self, x):
-        self._check(x)
-        out = self.spatial_conv3d(x)
-        return out + self.temporal_conv3d(out)
-
-
-class _APP3D(_APMixin, _P3D):
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *,
-                 time_dim=3, apm_reduction=16, scale=4.0, contrastive=True, detach_gate_inputs=True, backend="auto"):
-        self._init_apm_options(apm_reduction, scale, contrastive, detach_gate_inputs, backend)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, time_dim=time_dim)
+    arrangement = "C"
 
 
 class APP3DA(_APP3D):
     """AP-P3D-A: spatial conv, ``APM(C_out)``, temporal conv of stride ``N`` (identity centre)."""
 
-    def _build(self, bias):
-        self.APM = self._make_apm(self.out_channels, *self._apm_options)
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(self.out_channels, time_stride=self.time_dim, time_padding=0)
-
-    def _reset_temporal(self):
-        self._identity_init(self.temporal_conv3d)
-
-    def forward(self, x):
-        self._check(x)
-        return self.temporal_conv3d(self.APM(self.spatial_conv3d(x)))
+    arrangement = "A"
 
 
 class APP3DB(_APP3D):
     """AP-P3D-B: spatial conv plus a parallel ``APM(C_in)`` + temporal conv of stride ``N`` on the
     input (temporal conv zero-initialised)."""
 
-    def _build(self, bias):
-        self._check_parallel_geometry()
-        self.APM = self._make_apm(self.in_channels, *self._apm_options)
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(
-            self.in_channels, time_stride=self.time_dim, time_padding=0, spatial_stride=self.stride
-        )
-
-    def _reset_temporal(self):
-        self.temporal_conv3d.weight.zero_()
-
-    def forward(self, x):
-        self._check(x)
-        return self.spatial_conv3d(x) + self.temporal_conv3d(self.APM(x))
+    arrangement = "B"
 
 
 class APP3DC(_APP3D):
     """AP-P3D-C ("AP3D"): spatial conv ``s``, then ``s + temporal(APM(s))`` with a temporal conv of
     stride ``N`` (zero-initialised)."""
 
-    def _build(self, bias):
-        self.APM = self._make_apm(self.out_channels, *self._apm_options)
-        self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = self._temporal_conv3d(self.out_channels, time_stride=self.time_dim, time_padding=0)
-
-    def _reset_temporal(self):
-        self.temporal_conv3d.weight.zero_()
-
-    def forward(self, x):
-        self._check(x)
-        out = self.spatial_conv3d(x)
-        return out + self.temporal_conv3d(self.APM(out))
+    arrangement = "C"
 
 
 TEMPORAL_BLOCKS: dict[str, type[TemporalBlock]] = {

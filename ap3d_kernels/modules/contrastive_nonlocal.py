@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_positive_int
+from ..validation import check_bool, check_positive_int
 from .nonlocal_block import NonLocalBlock3D
 
 __all__ = ["ContrastiveNonLocalBlock3D"]

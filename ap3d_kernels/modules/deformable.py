@@ -65,7 +65,8 @@ class Deform3D(TemporalBlock):
     the centre tap, no temporal padding: the neighbours are padded before sampling).
     """
 
-    def _build(self, bias):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, bias=False, *, time_dim=3):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, time_dim=time_dim)
         if any(k % 2 == 0 or p != k // 2 for k, p in zip(self.kernel_size, self.padding)):
             raise ValueError(
                 f"Deform3D: the offset conv predicts one offset per input position, which needs an odd kernel_size "
@@ -80,6 +81,7 @@ class Deform3D(TemporalBlock):
             bias=True,
         )
         self.conv3d = self._spatial_conv3d(bias, time_dim=n, time_stride=n)
+        self.reset_parameters()
 
     @property
     def spatial_conv(self):

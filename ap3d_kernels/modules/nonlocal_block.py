@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_bool, check_positive_int, check_video_input
+from ..validation import check_bool, check_positive_int, check_video_input
 
 __all__ = ["NonLocalBlock3D"]
 

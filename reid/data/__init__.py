@@ -5,8 +5,8 @@
     train_loader = build_train_loader(ds.train, seq_len=4, stride=8)
     test_loader = build_test_loader(ds.query + ds.gallery, clip_len=32)
 """
-from .datasets import ALIASES, DATASETS, LAYOUTS, DatasetLayoutError, VideoDataset, build_dataset
-from .images import read_frame, report_skipped_frames, reset_skipped_frames, skipped_frames
+from .datasets import ALIASES, DATASETS, LAYOUTS, DatasetLayoutError, EmptySplitError, VideoDataset, build_dataset
+from .images import read_frame, report_skipped_frames, reset_skipped_frames, skipped_frames, unreadable_tracklets
 from .loaders import TestClipDataset, TrainClipDataset, build_test_loader, build_train_loader
 from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
 from .synthetic import SyntheticConfig, generate_synthetic
@@ -16,8 +16,8 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
 
 __all__ = [
     "Tracklet", "build_dataset", "build_train_loader", "build_test_loader", "DATASETS", "ALIASES", "LAYOUTS",
-    "VideoDataset", "DatasetLayoutError", "skipped_frames", "report_skipped_frames", "reset_skipped_frames",
-    "read_frame", "TrainClipDataset", "TestClipDataset", "RandomIdentityBatchSampler", "ClipLengthBatchSampler",
+    "VideoDataset", "DatasetLayoutError", "EmptySplitError", "skipped_frames", "report_skipped_frames",
+    "reset_skipped_frames", "unreadable_tracklets", "read_frame", "TrainClipDataset", "TestClipDataset", "RandomIdentityBatchSampler", "ClipLengthBatchSampler",
     "SyntheticConfig", "generate_synthetic", "temporal_random_crop", "evenly_spaced", "clip_ranges",
     "ClipTransform", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

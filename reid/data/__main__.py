@@ -3,7 +3,7 @@
 Examples:
     python -m reid.data                                   # the synthetic default (generated on first use)
     python -m reid.data --dataset synthetic --misalignment 0 --contact-sheet aligned.png
-    python -m reid.data --dataset mars --root /data --protocol skip_unmatched
+    python -m reid.data --dataset mars --root /data --mars-protocol skip_unmatched
     python -m reid.data --dataset ilidsvid --root /data --split-id 3
     python -m reid.data --dataset folder --root /data/my_cameras --verify   # find corrupt frames up front
 """
@@ -13,46 +13,15 @@ import argparse
 import sys
 import time
 
-from .datasets import DATASETS, build_dataset
-
-_SYNTHETIC_FLAGS = (("num_train_ids", int), ("num_test_ids", int), ("num_cameras", int), ("min_frames", int),
-                    ("max_frames", int), ("height", int), ("width", int), ("misalignment", float), ("seed", int),
-                    ("occlusion_prob", float), ("pose_amplitude", float), ("palette", int))
-
-
-def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS), help="dataset name (default synthetic)")
-    p.add_argument("--root", default=None, help="dataset root (synthetic: default is the per-user cache)")
-    p.add_argument("--split-id", type=int, default=0, help="split for iLIDS-VID / PRID2011 (0..9)")
-    p.add_argument("--protocol", choices=("release", "skip_unmatched"), default=None, help="MARS protocol")
-    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
-                   help="cut training tracklets into 64-frame chunks (default: on for duke/ilidsvid)")
-    p.add_argument("--workers", type=int, default=None, help="synthetic generation processes")
-    g = p.add_argument_group("synthetic options")
-    for name, typ in _SYNTHETIC_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-
-
-def dataset_options(args: argparse.Namespace) -> dict:
-    opts = {}
-    if args.protocol is not None:
-        opts["protocol"] = args.protocol
-    if args.dense is not None:
-        opts["dense"] = args.dense
-    if args.dataset == "synthetic":
-        if args.workers is not None:
-            opts["workers"] = args.workers
-        opts.update({n: getattr(args, n) for n, _ in _SYNTHETIC_FLAGS if getattr(args, n) is not None})
-    else:
-        given = [n for n, _ in _SYNTHETIC_FLAGS if getattr(args, n) is not None]
-        if given:
-            raise SystemExit(f"options {given} apply to --dataset synthetic only")
-    return opts
+from .cli import add_dataset_arguments, dataset_options
+from .datasets import build_dataset
 
 
 def main(argv=None) -> int:
+    # allow_abbrev=False: a misspelt flag is an error, never a prefix match of another one
     p = argparse.ArgumentParser(prog="python -m reid.data", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+                                allow_abbrev=False)
     add_dataset_arguments(p)
     p.add_argument("--contact-sheet", metavar="PNG", default=None, help="also save a PNG of a few train tracklets")
     p.add_argument("--verify", action="store_true",

@@ -44,10 +44,11 @@ def contact_sheet(tracklets: Sequence[Tracklet], out: str, frames: int = 12, hei
 
 
 def main(argv=None) -> int:
-    from . import build_dataset
-    from .__main__ import add_dataset_arguments, dataset_options
+    from .cli import add_dataset_arguments, dataset_options
+    from .datasets import build_dataset
 
-    p = argparse.ArgumentParser(prog="python -m reid.data.contact_sheet", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m reid.data.contact_sheet", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)  # a misspelt flag is an error, never a prefix match
     add_dataset_arguments(p)
     p.add_argument("--out", default="contact_sheet.png", help="PNG file to write")
     p.add_argument("--subset", choices=("train", "query", "gallery"), default="train")

@@ -16,12 +16,15 @@ import sys
 import tempfile
 from typing import Optional, Sequence, TextIO
 
+import numpy as np
 from PIL import Image
 
 __all__ = [
     "read_frame",
+    "to_rgb8",
     "read_tracklet_frames",
     "skipped_frames",
+    "unreadable_tracklets",
     "report_skipped_frames",
     "reset_skipped_frames",
     "IMAGE_EXTENSIONS",
@@ -68,14 +71,36 @@ def _record(path: str, reason: str) -> None:
         fh.write(path.replace("\n", " ") + "\n")
 
 
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of `img`, scaling high-bit-depth modes instead of clipping them.
+
+    Pillow's ``convert("RGB")`` clips integer modes to 0..255, so a 16-bit grayscale frame (mode
+    ``I;16*``, e.g. a 16-bit PNG or TIFF) would come out almost all white. Those are scaled by
+    255/65535. Mode ``I`` (32-bit integers: older Pillow's 16-bit PNGs, some TIFFs) is scaled the
+    same way when it holds values above 255, and read as 8-bit values otherwise; mode ``F``
+    (floats) is read as 0..1 when its maximum is <= 1. Palette, L, LA, RGBA, CMYK, ... go through
+    ``convert("RGB")``: the palette colours, grey replicated, alpha ignored (as torchreid and
+    OpenCV's colour read do). 16-bit RGB(A) PNGs are already reduced to 8 bits by Pillow's decoder.
+    """
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+            values = values * 255.0
+        elif img.mode.startswith("I;16") or (values.size and values.max() > 255):
+            values = np.clip(values, 0, 65535) * (255.0 / 65535.0)
+        gray = np.clip(np.nan_to_num(np.rint(values)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return img.convert("RGB")
+
+
 def read_frame(path: str) -> Optional[Image.Image]:
-    """The frame as an RGB image, or None (logged and recorded) if it cannot be read."""
+    """The frame as an 8-bit RGB image (:func:`to_rgb8`), or None (logged and recorded) if it cannot be read."""
     if path in _known_bad:
         return None
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later inside a transform
-            return img.convert("RGB")
+            return to_rgb8(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         _record(path, f"{type(exc).__name__}: {exc}")
         return None
@@ -130,6 +155,15 @@ def skipped_frames() -> list[str]:
     for p in sorted(_known_bad):
         seen.setdefault(p, None)
     return list(seen)
+
+
+def unreadable_tracklets(tracklets: Sequence) -> list[int]:
+    """Indices of the tracklets none of whose frames could be read (so far, by this process or its
+    DataLoader workers): their clips are blank, so they carry no appearance at all."""
+    bad = set(skipped_frames())
+    if not bad:
+        return []
+    return [i for i, t in enumerate(tracklets) if t.paths and all(p in bad for p in t.paths)]
 
 
 def report_skipped_frames(file: TextIO = None, max_listed: int = 10) -> int:

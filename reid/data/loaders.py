@@ -1,6 +1,8 @@
 """Datasets of clips and the DataLoaders the training engine consumes."""
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,7 +15,9 @@ from .temporal import TEMPORAL_SAMPLERS, evenly_spaced, temporal_random_crop, cl
 from .tracklet import Tracklet
 from .transforms import ClipTransform
 
-__all__ = ["TrainClipDataset", "TestClipDataset", "build_train_loader", "build_test_loader"]
+__all__ = ["TrainClipDataset", "TestClipDataset", "build_train_loader", "build_test_loader", "sampling_notes"]
+
+logger = logging.getLogger("reid.data")
 
 
 def _check_tracklets(tracklets, what: str) -> list[Tracklet]:
@@ -93,6 +97,45 @@ def _loader_kwargs(num_workers, pin_memory):
     return kw
 
 
+def sampling_notes(tracklets: Sequence[Tracklet], seq_len: int, stride: int, num_instances: int,
+                   sampling: str = "random") -> list[tuple[int, str]]:
+    """(logging level, message) for every way the data cannot give what the settings ask for.
+
+    Nothing fails in these cases, by design (short tracklets are common in MARS), but what is done
+    instead is said: a WARNING when it concerns every tracklet / identity (most likely a setting
+    that does not fit the data), INFO when only some.
+    """
+    notes = []
+    lengths = [len(t.paths) for t in tracklets]
+    total = len(lengths)
+
+    def level(count, of):
+        return logging.WARNING if count == of else logging.INFO
+
+    short = sum(n < seq_len for n in lengths)
+    if short:
+        how = ("frames drawn with replacement, in temporal order" if sampling == "random"
+               else "evenly spaced positions rounded onto the same frames")
+        notes.append((level(short, total), (
+            f"seq_len={seq_len}: {short} of {total} train tracklets have fewer frames (longest: {max(lengths)}); "
+            f"their clips repeat frames ({how})")))
+    if sampling == "random":
+        unstrided = sum(seq_len <= n < seq_len * stride for n in lengths)
+        if unstrided:
+            notes.append((level(unstrided + short, total), (
+                f"seq_len={seq_len} x stride={stride}: {unstrided} of {total} train tracklets are shorter than "
+                f"{seq_len * stride} frames; their clips take {seq_len} distinct random frames in temporal order "
+                f"instead of frames {stride} apart")))
+    per_identity = Counter(t.pid for t in tracklets)
+    few = sum(c < num_instances for c in per_identity.values())
+    if few:
+        notes.append((level(few, len(per_identity)), (
+            f"num_instances={num_instances}: {few} of {len(per_identity)} identities have fewer train tracklets "
+            f"(most: {max(per_identity.values())}); their {num_instances} clips per batch reuse tracklets (sampled "
+            f"with replacement), each clip with its own random frames")))
+    return notes
+
+
 def build_train_loader(tracklets: Sequence[Tracklet], seq_len: int = 4, stride: int = 8, height: int = 256,
                        width: int = 128, num_identities: int = 8, num_instances: int = 4, num_workers: int = 2,
                        seed: int = 0, rank: Optional[int] = 0, world_size: Optional[int] = 1,
@@ -107,6 +150,9 @@ def build_train_loader(tracklets: Sequence[Tracklet], seq_len: int = 4, stride: 
     dataset = TrainClipDataset(tracklets, seq_len, stride, transform, sampling)
     sampler = RandomIdentityBatchSampler(dataset.tracklets, num_identities, num_instances, seed=seed,
                                          rank=rank, world_size=world_size)
+    if sampler.rank == 0:  # said once, not once per process
+        for lvl, msg in sampling_notes(dataset.tracklets, seq_len, stride, num_instances, sampling):
+            logger.log(lvl, "%s", msg)
     return DataLoader(dataset, batch_sampler=sampler, **_loader_kwargs(num_workers, pin_memory))
 
 

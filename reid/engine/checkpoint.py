@@ -1,20 +1,24 @@
 """Checkpoints: atomic writes, safe loads (``weights_only=True``) and clear errors.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
-``torch.load(..., weights_only=True)``: no pickled code runs when opening a file.
-Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
-target with ``os.replace`` (atomic on POSIX), so a crash or a full disk never leaves a
-half-written ``checkpoint_last.pth`` or ``model_best.pth``.
+``torch.load(..., weights_only=True)``: no pickled code runs when opening a file. Before that,
+the CRC32 of every record of the archive is checked (``reid.serialization``): ``torch.load``
+does not, and a flipped byte inside a tensor would otherwise load silently.
+Writes go through :mod:`reid.engine.fileio` (temporary file in the same directory, fsync,
+``os.replace``), so a crash or a full disk never leaves a half-written ``checkpoint_last.pth``
+or ``model_best.pth``.
 """
 from __future__ import annotations
 
 import os
 import random
-import tempfile
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
+
+from ..serialization import WeightsFileError, load_weights_file
+from .fileio import atomic_torch_save as atomic_save
 
 __all__ = [
     "CheckpointError",
@@ -25,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
+    "load_model_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -38,42 +43,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupted, or not one written by reid.train."""
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """Save ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def load_checkpoint(path: str, for_resume: bool = False) -> dict:
-    """Load a checkpoint written by reid.train, with ``weights_only=True``."""
+    """Load a checkpoint written by reid.train: integrity-checked, then ``weights_only=True``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to a user
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupted or truncated, or is not a "
-            f"checkpoint written by reid.train ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        ckpt = load_weights_file(path, what="checkpoint")
+    except WeightsFileError as exc:  # CRC mismatch, truncation, pickle payload: one message, no traceback
+        raise CheckpointError(str(exc)) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict written by reid.train")
     missing = [k for k in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if k not in ckpt]
@@ -132,3 +109,31 @@ def _python_state_from_primitives(st: list):
 def checkpoint_summary(ckpt: dict) -> Optional[str]:
     cfg = ckpt.get("config", {})
     return f"{cfg.get('arch', '?')} on {cfg.get('dataset', '?')}, epoch {ckpt.get('epoch')}"
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, source: str, what: str) -> None:
+    """``model.load_state_dict(state)``, or a :class:`CheckpointError` saying which tensors are
+    missing, unexpected or of the wrong shape (``source``: where the weights come from;
+    ``what``: the model they were meant for, e.g. ``"ap3d_resnet18 with 8 classes"``)."""
+    own = model.state_dict()
+    state = state if isinstance(state, dict) else {}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {list(state[k].shape)} (the model's: {list(own[k].shape)})"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    ]
+
+    def few(items):
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    problems = [f"{len(v)} {name}: {few(v)}" for name, v in
+                (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong)) if v]
+    if not problems:
+        try:
+            model.load_state_dict(state)
+            return
+        except (RuntimeError, TypeError) as exc:
+            problems = [str(exc).strip().splitlines()[-1].strip()]
+    raise CheckpointError(f"{source}: its weights do not fit {what} ({'; '.join(problems)})")

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict"]
+__all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
 
 
 class ConfigError(ValueError):
@@ -51,7 +51,9 @@ class Config:
     # --- model --------------------------------------------------------------------------------
     arch: str = _f("ap3d_resnet18", "network (reid.models.MODEL_NAMES)", "model")
     pretrained: Optional[str] = _f(None, "ImageNet weights file for the 2D backbone (never downloaded)", "model")
+    time_dim: int = _f(3, "temporal kernel N of the temporal blocks and APM's window (odd, >= 3)", "model")
     apm_scale: float = _f(4.0, "APM similarity scale s", "model")
+    apm_reduction: int = _f(16, "APM channel reduction: the similarity uses C // apm_reduction channels", "model")
     contrastive: bool = _f(True, "contrastive attention in APM", "model")
     apm_backend: str = _f("auto", "APM implementation: auto, reference, cpu, triton", "model")
     detach_gate_inputs: bool = _f(True, "feed the contrastive gate detached inputs (the release)", "model")
@@ -84,6 +86,8 @@ class Config:
     eval_every: int = _f(0, "evaluate every N epochs and keep the best checkpoint by mAP (0 = only at the end)", "run")
     log_every: int = _f(10, "steps between log-file lines", "run")
     threads: int = _f(0, "torch CPU threads per process (0 = leave torch's default)", "run")
+    compile: bool = _f(False, "torch.compile the training network: up to ~1.2x faster steps on CPU, after minutes of "
+                       "compilation, so for long runs (README, bench/bench_compile.py); evaluation stays eager", "run")
     # --- evaluation ---------------------------------------------------------------------------
     rerank: bool = _f(False, "also report k-reciprocal re-ranking", "test")
     rerank_k1: int = _f(20, "re-ranking k1", "test")
@@ -95,7 +99,7 @@ class Config:
             raise ConfigError(f"{key}: got {got!r}, expected {expected}")
 
         for key in ("seq_len", "stride", "height", "width", "num_identities", "num_instances",
-                    "test_clip_len", "test_batch_size", "epochs", "log_every"):
+                    "test_clip_len", "test_batch_size", "epochs", "log_every", "apm_reduction"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, getattr(self, key), "a positive integer")
         for key in ("num_workers", "warmup_epochs", "iters_per_epoch", "eval_every", "threads"):
@@ -115,6 +119,7 @@ class Config:
             bad("amp", self.amp, "one of none, bf16, fp16")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "one of auto, cpu, cuda")
+        check_device(self.device)
         if self.mars_protocol not in ("release", "skip_unmatched"):
             bad("mars_protocol", self.mars_protocol, "release or skip_unmatched")
         if self.triplet_distance not in ("cosine", "euclidean"):
@@ -135,12 +140,21 @@ class Config:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
         if self.margin < 0:
             bad("margin", self.margin, ">= 0")
+        from ap3d_kernels.validation import check_time_dim
+
+        try:
+            check_time_dim(self.time_dim)
+        except (TypeError, ValueError):
+            bad("time_dim", self.time_dim, "an odd integer >= 3")
         if self.last_stride not in (1, 2):
             bad("last_stride", self.last_stride, "1 or 2")
-        if self.stages is not None and (
-            not isinstance(self.stages, list) or not all(isinstance(x, int) and 1 <= x <= 4 for x in self.stages)
-        ):
-            bad("stages", self.stages, "a list of ResNet stages in 1..4")
+        if self.stages is not None:
+            from reid.models.video_resnet import check_stages
+
+            try:
+                check_stages("stages", self.stages)
+            except (TypeError, ValueError):
+                bad("stages", self.stages, "a list of distinct ResNet stages in 1..4")
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", self.dataset_options, "a mapping of option name to value")
         if self.pretrained is not None and not os.path.isfile(self.pretrained):
@@ -149,6 +163,18 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_device(device: str) -> None:
+    """``cuda`` must exist before anything starts (data generation, training)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU")
+            raise ConfigError(f"device: got 'cuda', but no CUDA device is available ({why}); "
+                              f"expected cpu or auto on this machine")
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
@@ -182,6 +208,11 @@ def _coerce(key: str, value, source: str):
     default = _FIELDS[key].default if _FIELDS[key].default is not dataclasses.MISSING else None
     if value is None:
         return None
+    factory = _FIELDS[key].default_factory
+    if factory is not dataclasses.MISSING and isinstance(factory(), dict) and not isinstance(value, dict):
+        # checked here, not in validate(): flags are merged into this mapping before validation
+        raise ConfigError(f"{source}: {key}: got {value!r}, expected a mapping of option name to value "
+                          f"(YAML: '{key}: {{name: value}}')")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
@@ -242,7 +273,8 @@ def _parse_option(text: str):
 
 def build_parser(description: str, extra=None, prog: Optional[str] = None) -> argparse.ArgumentParser:
     """Parser with ``--config`` and one flag per Config field (all defaulting to 'not given')."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # allow_abbrev=False: a misspelt flag (--num-instance) is an error, not a silent prefix match
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML config file (flags override its values)")
     if extra is not None:
         extra(parser)

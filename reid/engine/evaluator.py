@@ -7,16 +7,18 @@
 * Under torchrun every rank extracts a disjoint share of the tracklets; the per-tracklet
   features are gathered (variable row counts) so that every rank holds the full matrices, and
   rank 0 computes the metrics.
-* CMC rank-1/5/10/20, mAP and mINP with the junk rule; optional k-reciprocal re-ranking.
+* A query or gallery tracklet none of whose frames could be read would be a blank clip, i.e. a
+  meaningless feature that still ranks: it is left out of the evaluation, and named and counted
+  in the result (``excluded_unreadable``) and the table.
+* CMC rank-1/5/10/20, mAP and mINP with the junk rule; optional k-reciprocal re-ranking. The
+  result also holds the whole CMC curve (``"cmc"``: ranks 1..50) that ``reid.plot`` draws.
 * iLIDS-VID / PRID: one model per split; :func:`mean_over_splits` averages the split results.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import time
 from typing import Optional, Sequence
 
@@ -25,10 +27,14 @@ import torch
 
 from ..metrics import evaluate_ranking, k_reciprocal_rerank
 from . import distributed as du
+from .fileio import atomic_write_json
 
-__all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS"]
+__all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS",
+           "CMC_RANKS"]
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+# results.json holds the whole CMC curve, ranks 1..CMC_RANKS ("cmc"), for plotting
+CMC_RANKS = 50
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -99,6 +105,35 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
     return torch.nn.functional.normalize(feats, dim=1)
 
 
+def _unreadable(tracklets, device: torch.device) -> list[int]:
+    """Indices of tracklets with no readable frame, from every rank's record (call on all ranks)."""
+    from reid.data import unreadable_tracklets
+
+    flags = torch.zeros(len(tracklets), dtype=torch.float32)
+    flags[unreadable_tracklets(tracklets)] = 1.0
+    if du.world_size() > 1:  # each rank read (and recorded) only its own share of the frames
+        flags = du.all_reduce_sum(flags.to(device)).cpu()
+    return torch.nonzero(flags > 0).flatten().tolist()
+
+
+def _describe(t) -> dict:
+    return {"pid": int(t.pid), "camid": int(t.camid), "num_frames": len(t.paths), "first_frame": t.paths[0]}
+
+
+def _readable_only(tracklets, feats: torch.Tensor, device: torch.device, subset: str, dataset_name: str):
+    """(kept tracklets, their features, descriptions of the left-out ones)."""
+    bad = _unreadable(tracklets, device)
+    if len(bad) == len(tracklets):
+        raise ValueError(
+            f"{dataset_name}: none of the {len(tracklets)} {subset} tracklets has a readable frame (first: "
+            f"{tracklets[0].paths[0]}); nothing can be evaluated. `python -m reid.data --verify` lists the bad frames"
+        )
+    if not bad:
+        return list(tracklets), feats, []
+    keep = sorted(set(range(len(tracklets))) - set(bad))
+    return [tracklets[i] for i in keep], feats[keep], [_describe(tracklets[i]) for i in bad]
+
+
 def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -> Optional[dict]:
     """Extract query/gallery features and compute the metrics; the result dict on rank 0."""
     t0 = time.time()
@@ -111,31 +146,40 @@ def evaluate(model, dataset, cfg, device: torch.device, progress: bool = True) -
         )
     qf = extract_features(model, dataset.query, cfg, device, desc="query features", progress=progress)
     gf = extract_features(model, dataset.gallery, cfg, device, desc="gallery features", progress=progress)
+    name = getattr(dataset, "name", cfg.dataset)
+    query, qf, q_out = _readable_only(dataset.query, qf, device, "query", name)
+    gallery, gf, g_out = _readable_only(dataset.gallery, gf, device, "gallery", name)
     if not du.is_main():
         return None
     log.info(f"features extracted in {time.time() - t0:.1f}s")
-    q_pids = [t.pid for t in dataset.query]
-    g_pids = [t.pid for t in dataset.gallery]
-    q_cams = [t.camid for t in dataset.query]
-    g_cams = [t.camid for t in dataset.gallery]
-    ranking = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, q_feats=qf, g_feats=gf, max_rank=20)
+    if q_out or g_out:
+        log.warning(f"left out of the evaluation: {len(q_out)} query and {len(g_out)} gallery tracklet(s) "
+                    f"with no readable frame")
+    q_pids = [t.pid for t in query]
+    g_pids = [t.pid for t in gallery]
+    q_cams = [t.camid for t in query]
+    g_cams = [t.camid for t in gallery]
+    ranking = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, q_feats=qf, g_feats=gf, max_rank=CMC_RANKS)
     result = {
-        "dataset": getattr(dataset, "name", cfg.dataset),
+        "dataset": name,
         "protocol": getattr(dataset, "protocol", ""),
         "split_id": cfg.split_id,
         "num_query": len(q_pids),
         "num_gallery": len(g_pids),
+        "excluded_unreadable": {"num_query": len(q_out), "num_gallery": len(g_out), "query": q_out, "gallery": g_out},
         "distance": "cosine",
         "metrics": ranking.as_dict(),
+        "cmc": ranking.cmc.tolist(),
     }
     if cfg.rerank:
         distmat = k_reciprocal_rerank(qf, gf, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda)
-        rr = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, distmat=distmat, max_rank=20)
+        rr = evaluate_ranking(q_pids, g_pids, q_cams, g_cams, distmat=distmat, max_rank=CMC_RANKS)
         result["rerank"] = {
             "k1": cfg.rerank_k1,
             "k2": cfg.rerank_k2,
             "lambda": cfg.rerank_lambda,
             "metrics": rr.as_dict(),
+            "cmc": rr.cmc.tolist(),
         }
     result["eval_time_s"] = round(time.time() - t0, 2)
     return result
@@ -164,8 +208,16 @@ def mean_over_splits(results: Sequence[dict]) -> dict:
         "metrics": {k: mean(("metrics", k)) for k in METRIC_KEYS if k in results[0]["metrics"]},
         "std": {k: float(np.std([r["metrics"][k] for r in results])) for k in METRIC_KEYS if k in results[0]["metrics"]},
     }
+    if all("cmc" in r for r in results):
+        out["cmc"] = np.mean([r["cmc"] for r in results], axis=0).tolist()
+    if any("excluded_unreadable" in r for r in results):
+        out["excluded_unreadable"] = {
+            k: sum(r.get("excluded_unreadable", {}).get(k, 0) for r in results) for k in ("num_query", "num_gallery")
+        }
     if all("rerank" in r for r in results):
         out["rerank"] = {"metrics": {k: mean(("rerank", "metrics", k)) for k in METRIC_KEYS}}
+        if all("cmc" in r["rerank"] for r in results):
+            out["rerank"]["cmc"] = np.mean([r["rerank"]["cmc"] for r in results], axis=0).tolist()
     return out
 
 
@@ -183,6 +235,7 @@ def format_results(result: dict, title: Optional[str] = None) -> str:
             f"{m.get('num_valid_queries', '?')} queries evaluated ({m.get('num_skipped_queries', 0)} without a valid "
             f"match skipped) | {result['num_gallery']} gallery tracklets | cosine distance"
         )
+    lines += _excluded_lines(result.get("excluded_unreadable"))
     cols = ["Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP"]
     header = f"{'':<12}" + "".join(f"{c:>9}" for c in cols)
     rule = "-" * len(header)
@@ -204,11 +257,20 @@ def format_results(result: dict, title: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _excluded_lines(excluded: Optional[dict], max_named: int = 5) -> list[str]:
+    """'left out: ...' lines naming the tracklets the evaluation could not use (none if all were used)."""
+    if not excluded or not (excluded["num_query"] or excluded["num_gallery"]):
+        return []
+    lines = [f"left out, no readable frame: {excluded['num_query']} query and {excluded['num_gallery']} "
+             f"gallery tracklet(s)"]
+    named = [(s, d) for s in ("query", "gallery") for d in excluded.get(s, [])]
+    for subset, d in named[:max_named]:
+        lines.append(f"  {subset} pid {d['pid']} cam {d['camid']}, {d['num_frames']} frames: {d['first_frame']}")
+    if len(named) > max_named:
+        lines.append(f"  ... and {len(named) - max_named} more (all listed in the results JSON)")
+    return lines
+
+
 def write_json(obj: dict, path: str) -> None:
-    """Write JSON atomically (temporary file then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (see :mod:`reid.engine.fileio`)."""
+    atomic_write_json(path, obj)

@@ -38,7 +38,7 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, filename: str = "log.
     logger.addHandler(console)
     if rank == 0 and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        fh = logging.FileHandler(os.path.join(output_dir, filename))
+        fh = logging.FileHandler(os.path.join(output_dir, filename), delay=True)  # no empty file before a line
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(fh)
     return logger

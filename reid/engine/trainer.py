@@ -1,4 +1,12 @@
-"""The training loop: data, model, optimiser, schedule, AMP, DDP, checkpoints, evaluation.
+"""The trainer: a loop, one step function, and hooks for everything else.
+
+``Trainer(cfg, split_id, out_dir, info).run()`` builds the run's parts (:mod:`.builders`),
+resumes if asked (:mod:`.resume`), then ``train()`` (the loop) and returns the final evaluation
+(torchreid's ``run -> train -> forward_backward``; fast-reid's ``TrainerBase`` and hooks).
+:meth:`Trainer.run_step` is the whole of a training step: forward, loss, statistics, backward,
+update. Everything else the loop does (the learning-rate schedule, progress and logs,
+evaluation, checkpoints) is a hook in :mod:`.hooks`, so a new loss term is added in the step
+(its value then reaches the logs by itself) and a new periodic action is one more hook.
 
 Determinism and exact resume: at the start of every epoch the torch / numpy / Python RNGs are
 re-seeded from (seed, epoch, rank) and the identity sampler is told the epoch. The random
@@ -9,11 +17,9 @@ stored in the checkpoint as well, for anything drawn outside an epoch.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
+import itertools
 import logging
-import math
 import os
 import random
 import time
@@ -25,31 +31,35 @@ import yaml
 
 from ..losses import ReIDLoss
 from . import distributed as du
-from .checkpoint import (
-    BEST_NAME,
-    FORMAT_VERSION,
-    LAST_NAME,
-    CheckpointError,
-    atomic_save,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
+from .builders import (
+    build_data,
+    build_grad_scaler,
+    build_network,
+    build_optimizer_and_schedule,
+    build_train_loader,
+    config_values,
 )
-from .config import Config, ConfigError
-from .evaluator import autocast_context, evaluate, format_results, mean_over_splits, write_json
-from .optim import WarmupMultiStepLR, build_optimizer
+from .checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from .config import Config
+from .evaluator import autocast_context, format_results, mean_over_splits, write_json
+from .fileio import FileWriteError, atomic_write_text, remove_stale_temporaries
+from .hooks import STEP_LOG_NAME, CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, ProgressHook, format_duration
 from .reporting import TensorBoard, setup_logger
+from .resume import check_resumable, resolve_resume_path, restore_training_state
 
-__all__ = ["NonFiniteLossError", "train", "train_one_split", "build_data", "build_network", "seed_everything"]
+__all__ = ["NonFiniteLossError", "OutputWriteError", "Trainer", "train", "seed_everything", "epoch_seed"]
 
-STEP_LOG_NAME = "train_log.jsonl"
 RESULTS_NAME = "results.json"
-# config keys that must agree between a checkpoint and the run resuming it
-RESUME_MUST_MATCH = ("dataset", "split_id", "arch", "stages", "num_blocks", "last_stride", "optimizer")
+CONFIG_NAME = "config.yaml"
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class OutputWriteError(RuntimeError):
+    """A file of the run could not be written (disk full, unwritable directory); the message
+    names it, the last good checkpoint and how to continue."""
 
 
 def seed_everything(seed: int) -> None:
@@ -67,334 +77,216 @@ def _log() -> logging.Logger:
     return logging.getLogger("reid")
 
 
-def build_data(cfg: Config, split_id: int, info: Optional[du.DistInfo] = None):
-    """The dataset. Under torchrun rank 0 builds it first (the synthetic default is generated
-    and cached on first use), then the other nodes' first processes, then everyone else."""
-    from reid.data import build_dataset
+class Trainer:
+    """Trains one split in ``out_dir``.
 
-    options = dict(cfg.dataset_options)
-    if cfg.dataset == "mars":
-        options.setdefault("protocol", cfg.mars_protocol)
+    The state hooks read: ``epoch`` (0-based, current), ``inner_step`` (0-based, within the
+    epoch), ``global_step``, ``lr`` (this epoch's), ``step_stats`` (the last step's),
+    ``eval_result``, ``best``, ``last_checkpoint`` ((path, epoch) or None), ``completed``; and the
+    parts: ``model`` (unwrapped), ``optimizer``, ``scheduler``, ``scaler``, ``dataset``,
+    ``loader``, ``tb``. Nothing is written before :meth:`run`."""
 
-    def make():
+    def __init__(self, cfg: Config, split_id: int, out_dir: str, info: du.DistInfo):
+        self.cfg, self.split_id, self.out_dir, self.info = cfg, split_id, out_dir, info
+        self.device = info.device
+        self.run_config = {**cfg.to_dict(), "split_id": split_id}  # stored in config.yaml and checkpoints
+        self.scaler = build_grad_scaler(cfg, self.device)
+        seed_everything(cfg.seed)
+        self.dataset = build_data(cfg, split_id, info)
+        self.num_classes = self.dataset.num_train_pids
+        self.loader, self.steps_per_epoch = build_train_loader(cfg, self.dataset, info)
+        self.batch_size = cfg.num_identities * cfg.num_instances  # the global batch, all ranks together
+        seed_everything(cfg.seed)  # same initial weights on every rank and in every run
+        self.model = build_network(cfg, self.num_classes, cfg.pretrained).to(self.device)
+        self.criterion = self.build_criterion()
+        self.optimizer, self.scheduler = build_optimizer_and_schedule(cfg, self.model)
+        self.start_epoch, self.global_step, self.epoch = 0, 0, 0
+        self.best = {"mAP": -1.0, "epoch": None}
+        self.last_checkpoint: Optional[tuple] = None  # (path, epoch) of the last complete checkpoint
+        self.eval_result: Optional[dict] = None
+        self.completed = False
+        self.resumed_from = self.resume()
+        self.train_model = self.model
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:  # training steps only: evaluation feeds clips of every length, which would recompile
+            self.train_model = torch.compile(self.train_model)
+        self.tb = TensorBoard(out_dir, enabled=info.is_main)
+        self.hooks: list[HookBase] = []
+        self.register_hooks(self.build_hooks())
+
+    # -- parts --------------------------------------------------------------------------------
+    def build_criterion(self) -> torch.nn.Module:
+        options = config_values(self.cfg, "ce_weight", "triplet_weight", "margin", "label_smoothing", "triplet_distance")
+        return ReIDLoss(self.num_classes, **options)
+
+    def build_hooks(self) -> list[HookBase]:
+        """Order matters: the schedule steps before the checkpoint saves it, and the evaluation
+        runs before the checkpoint hook reads its mAP."""
+        hooks: list[HookBase] = [LRScheduleHook()]
+        if self.info.is_main:
+            hooks.append(ProgressHook())
+        hooks.append(EvaluationHook())
+        if self.info.is_main:
+            hooks.append(CheckpointHook())
+        return hooks
+
+    def register_hooks(self, hooks) -> None:
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def resume(self) -> Optional[str]:
+        """Restore the checkpoint named by ``cfg.resume``, if any; returns its path."""
+        path = resolve_resume_path(self.cfg.resume, self.out_dir)
+        if path is None:
+            return None
+        ckpt = load_checkpoint(path, for_resume=True)
+        check_resumable(ckpt, path, self.run_config, self.num_classes)
+        restore_training_state(ckpt, path, self)
+        self.start_epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        self.best = dict(ckpt.get("best", self.best))
+        self.last_checkpoint = (path, self.start_epoch)
+        return path
+
+    def _prepare_output_dir(self) -> None:
+        """The run's directory changes only from here on, once a resume was accepted."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        log = _log()
+        run_files = [os.path.join(self.out_dir, n) for n in (LAST_NAME, BEST_NAME, RESULTS_NAME, CONFIG_NAME, STEP_LOG_NAME)]
+        for tmp in remove_stale_temporaries(run_files):
+            log.info(f"removed {tmp}, left by a write that was interrupted")
+        atomic_write_text(os.path.join(self.out_dir, CONFIG_NAME), yaml.safe_dump(self.run_config, sort_keys=False))
+        log.info(self.dataset.summary() if hasattr(self.dataset, "summary") else f"dataset {self.cfg.dataset}")
+        if self.resumed_from:
+            log.info(f"resumed from {self.resumed_from} at epoch {self.start_epoch} (step {self.global_step})")
+            if self.start_epoch == self.cfg.epochs:
+                log.info(f"the checkpoint is at the last epoch ({self.start_epoch}): nothing left to train, evaluating it")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> Optional[dict]:
+        """Train, then the final evaluation; returns it (rank 0) or None (other ranks)."""
         try:
-            return build_dataset(cfg.dataset, root=cfg.root, split_id=split_id, verbose=False, **options)
-        except TypeError as exc:  # an option the dataset does not take
-            raise ConfigError(f"dataset_options: {exc}") from exc
-
-    if info is None or not info.distributed:
-        return make()
-    return du.run_staged(make, info)
-
-
-def build_network(cfg: Config, num_classes: int, pretrained: Optional[str] = None):
-    from reid.models import build_model
-
-    placement = {} if cfg.stages is None else {"stages": tuple(cfg.stages)}
-    if cfg.num_blocks is not None:
-        placement["num_blocks"] = cfg.num_blocks
-    return build_model(
-        cfg.arch,
-        num_classes=num_classes,
-        pretrained=pretrained,
-        apm_scale=cfg.apm_scale,
-        contrastive=cfg.contrastive,
-        detach_gate_inputs=cfg.detach_gate_inputs,
-        apm_backend=cfg.apm_backend,
-        last_stride=cfg.last_stride,
-        **placement,
-    )
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def _resolve_resume(cfg: Config, out_dir: str) -> Optional[str]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        path = os.path.join(out_dir, LAST_NAME)
-        return path if os.path.isfile(path) else None
-    return cfg.resume
-
-
-def _trim_step_log(path: str, start_epoch: int) -> None:
-    """Drop step records of epochs >= start_epoch (left by an interrupted run), atomically."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as fh:
-        keep = [line for line in fh if line.strip() and json.loads(line)["epoch"] < start_epoch]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(keep)
-    os.replace(tmp, path)
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def train_one_split(cfg: Config, split_id: int, out_dir: str, info: du.DistInfo) -> Optional[dict]:
-    """Train on one split and evaluate; returns the final evaluation (rank 0) or None."""
-    log = _log()
-    main = info.is_main
-    device = info.device
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp: got 'fp16', which needs a CUDA device; use --amp bf16 on CPU (or none)")
-    if main:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
-            yaml.safe_dump({**cfg.to_dict(), "split_id": split_id}, fh, sort_keys=False)
-
-    seed_everything(cfg.seed)
-    ds = build_data(cfg, split_id, info)
-    if main:
-        log.info(ds.summary() if hasattr(ds, "summary") else f"dataset {cfg.dataset}")
-    from reid.data import build_train_loader
-
-    if cfg.num_identities % info.world_size:
-        raise ValueError(
-            f"num_identities: got {cfg.num_identities}, which does not split evenly across "
-            f"{info.world_size} processes (each rank takes num_identities/world_size identities)"
-        )
-    loader = build_train_loader(
-        ds.train,
-        seq_len=cfg.seq_len,
-        stride=cfg.stride,
-        height=cfg.height,
-        width=cfg.width,
-        num_identities=cfg.num_identities,
-        num_instances=cfg.num_instances,
-        num_workers=cfg.num_workers,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        random_erasing=cfg.random_erasing,
-    )
-    steps_per_epoch = len(loader)
-    if cfg.iters_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.iters_per_epoch)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the training set ({len(ds.train)} tracklets, {ds.num_train_pids} identities) cannot fill one batch "
-            f"of num_identities={cfg.num_identities} x num_instances={cfg.num_instances}"
-        )
-
-    seed_everything(cfg.seed)  # same initial weights on every rank and in every run
-    model = build_network(cfg, ds.num_train_pids, cfg.pretrained).to(device)
-    criterion = ReIDLoss(
-        ds.num_train_pids,
-        ce_weight=cfg.ce_weight,
-        triplet_weight=cfg.triplet_weight,
-        margin=cfg.margin,
-        label_smoothing=cfg.label_smoothing,
-        triplet_distance=cfg.triplet_distance,
-    )
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    scheduler = WarmupMultiStepLR(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_epochs, cfg.warmup_factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-
-    start_epoch, global_step = 0, 0
-    best = {"mAP": -1.0, "epoch": None}
-    resume_path = _resolve_resume(cfg, out_dir)
-    if resume_path:
-        ckpt = load_checkpoint(resume_path, for_resume=True)
-        saved = ckpt["config"]
-        clash = [
-            f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}"
-            for k, v in {**cfg.to_dict(), "split_id": split_id}.items()
-            if k in RESUME_MUST_MATCH and saved.get(k) != v
-        ]
-        if clash or ckpt["num_classes"] != ds.num_train_pids:
-            raise CheckpointError(
-                f"cannot resume from {resume_path}: it was trained with a different set-up ("
-                + "; ".join(clash or [f"num_classes: checkpoint {ckpt['num_classes']} vs now {ds.num_train_pids}"])
-                + ")"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_state(ckpt["rng"])
-        start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        best = dict(ckpt.get("best", best))
-        if main:
-            log.info(f"resumed from {resume_path} at epoch {start_epoch} (step {global_step})")
-            _trim_step_log(os.path.join(out_dir, STEP_LOG_NAME), start_epoch)
-
-    train_model = model
-    if info.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    tb = TensorBoard(out_dir, enabled=main)
-    step_log = open(os.path.join(out_dir, STEP_LOG_NAME), "a") if main else None
-    if main:
-        n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        log.info(
-            f"{cfg.arch} ({n_params:.2f}M parameters) | {info.world_size} process(es) on {device} ({info.backend}) | "
-            f"batch {cfg.num_identities}x{cfg.num_instances} clips of {cfg.seq_len}x{cfg.height}x{cfg.width} | "
-            f"{steps_per_epoch} steps/epoch | epochs {start_epoch}->{cfg.epochs} | amp {cfg.amp}"
-        )
-
-    def make_checkpoint(epoch_done: int, with_state: bool) -> dict:
-        ck = {
-            "format_version": FORMAT_VERSION,
-            "model": _unwrap(model).state_dict(),
-            "epoch": epoch_done,
-            "global_step": global_step,
-            "config": {**cfg.to_dict(), "split_id": split_id},
-            "num_classes": ds.num_train_pids,
-            "feature_dim": int(_unwrap(model).feature_dim),
-            "best": dict(best),
-        }
-        if with_state:
-            ck.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else {},
-                rng=capture_rng_state(),
-            )
-        return ck
-
-    last_path, best_path = os.path.join(out_dir, LAST_NAME), os.path.join(out_dir, BEST_NAME)
-    bar = None
-    if main:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=(cfg.epochs - start_epoch) * steps_per_epoch, unit="step", dynamic_ncols=True, disable=None
-        )
-    t_start = time.time()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
-            loader.batch_sampler.set_epoch(epoch)
-            train_model.train()
-            sums = torch.zeros(4, dtype=torch.float64)
-            t_epoch = time.time()
-            t_step = time.time()
-            lr = optimizer.param_groups[0]["lr"]
-            if bar is not None:
-                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-            for step, (clips, pids, _camids) in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                clips = clips.to(device, non_blocking=True)
-                pids = torch.as_tensor(pids).long().to(device, non_blocking=True)
-                with autocast_context(device, cfg.amp):
-                    logits, feats = train_model(clips)
-                loss, parts = criterion(logits.float(), feats.float(), pids)
-                acc = (logits.argmax(1) == pids).float().mean()
-                stats = torch.stack(
-                    [loss.detach().float(), parts["ce"].float(), parts["triplet"].float(), acc.detach()]
-                ).cpu()
-                stats = torch.cat([stats, (~torch.isfinite(stats[:3])).any().float().reshape(1)])
-                if info.distributed:  # one reduction gives the mean losses AND a shared stop decision
-                    stats = du.all_reduce_sum(stats.to(device)).cpu()
-                    stats[:4] /= info.world_size
-                if stats[4] > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}): "
-                        f"loss={stats[0].item()}, ce={stats[1].item()}, triplet={stats[2].item()}; lr={lr:.2e}. "
-                        f"Training stopped; the last good checkpoint is {last_path if os.path.isfile(last_path) else 'none (no epoch completed)'}. "
-                        "Try a lower --lr, --warmup-epochs, or --amp none."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                global_step += 1
-                sums += torch.cat([stats[:4].double()])
-                now = time.time()
-                clips_per_s = clips.shape[0] * info.world_size / max(now - t_step, 1e-9)
-                t_step = now
-                if main:
-                    rec = {
-                        "epoch": epoch,
-                        "step": global_step,
-                        "loss": stats[0].item(),
-                        "ce": stats[1].item(),
-                        "triplet": stats[2].item(),
-                        "acc": stats[3].item(),
-                        "lr": lr,
-                    }
-                    step_log.write(json.dumps(rec) + "\n")
-                    tb.scalars(
-                        global_step,
-                        **{"train/loss": rec["loss"], "train/ce": rec["ce"], "train/triplet": rec["triplet"],
-                           "train/acc": rec["acc"], "train/lr": lr, "train/clips_per_s": clips_per_s},
-                    )
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{100 * rec['acc']:.0f}%", clips_s=f"{clips_per_s:.1f}")
-                    if bar.disable and (step + 1) % cfg.log_every == 0:
-                        log.info(
-                            f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} | loss {rec['loss']:.4f} "
-                            f"(ce {rec['ce']:.4f}, triplet {rec['triplet']:.4f}) | {clips_per_s:.1f} clips/s"
-                        )
-            scheduler.step()
-            epoch_done = epoch + 1
-            n = max(min(steps_per_epoch, step + 1), 1)
-            mean = (sums / n).tolist()
-            elapsed = time.time() - t_start
-            eta = elapsed / (epoch_done - start_epoch) * (cfg.epochs - epoch_done)
-            epoch_time = time.time() - t_epoch
-            if main:
-                step_log.flush()
-                log.info(
-                    f"epoch {epoch_done}/{cfg.epochs} | loss {mean[0]:.4f} (ce {mean[1]:.4f}, triplet {mean[2]:.4f}) | "
-                    f"acc {100 * mean[3]:.1f}% | lr {lr:.2e} | "
-                    f"{steps_per_epoch * cfg.num_identities * cfg.num_instances / epoch_time:.1f} clips/s | "
-                    f"{_format_duration(epoch_time)} | ETA {_format_duration(eta)}"
+            if self.info.is_main:
+                self._prepare_output_dir()
+            self.train()
+            result = self.eval_result
+            if self.info.is_main:
+                result.update(
+                    checkpoint=os.path.abspath(os.path.join(self.out_dir, LAST_NAME)),
+                    best_checkpoint=os.path.abspath(os.path.join(self.out_dir, BEST_NAME)),
+                    best=self.best,
+                    epochs=self.cfg.epochs,
+                    train_time_s=round(self.train_time, 1),
+                    arch=self.cfg.arch,
                 )
-                tb.scalars(epoch_done, **{"epoch/loss": mean[0], "epoch/acc": mean[3], "epoch/lr": lr})
-            improved = False
-            if cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
-                du.broadcast_module_state(_unwrap(model))
-                result = evaluate(_unwrap(model), ds, cfg, device)
-                if main:
-                    log.info(format_results(result, title=f"Evaluation after epoch {epoch_done}"))
-                    tb.scalars(epoch_done, **{f"eval/{k}": v for k, v in result["metrics"].items() if k in ("rank1", "mAP", "mINP")})
-                    if result["metrics"]["mAP"] > best["mAP"]:
-                        best = {"mAP": result["metrics"]["mAP"], "epoch": epoch_done}
-                        improved = True
-            if main:
-                atomic_save(make_checkpoint(epoch_done, with_state=True), last_path)
-                if improved:
-                    atomic_save(make_checkpoint(epoch_done, with_state=False), best_path)
-    finally:
-        if bar is not None:
-            bar.close()
-        if step_log is not None:
-            step_log.close()
+                write_json(result, os.path.join(self.out_dir, RESULTS_NAME))
+                _log().info(f"training time {format_duration(self.train_time)}; outputs in {os.path.abspath(self.out_dir)}")
+        except FileWriteError as exc:
+            raise OutputWriteError(self._write_failure(exc)) from exc
+        du.barrier()
+        return result
 
-    train_time = time.time() - t_start
-    du.broadcast_module_state(_unwrap(model))
-    result = evaluate(_unwrap(model), ds, cfg, device)
-    if main:
-        if result["metrics"]["mAP"] >= best["mAP"]:
-            best = {"mAP": result["metrics"]["mAP"], "epoch": cfg.epochs}
-            atomic_save(make_checkpoint(cfg.epochs, with_state=False), best_path)
-        result.update(
-            checkpoint=os.path.abspath(last_path),
-            best_checkpoint=os.path.abspath(best_path),
-            best=best,
-            epochs=cfg.epochs,
-            train_time_s=round(train_time, 1),
-            arch=cfg.arch,
+    def _write_failure(self, exc: FileWriteError) -> str:
+        head = f"could not write {exc.path} ({exc.reason})."
+        fix = f"Free space or make {os.path.abspath(self.out_dir)} writable, then"
+        if self.last_checkpoint is None:
+            return f"{head} No checkpoint of this run exists yet. {fix} start the run again."
+        path, epoch = self.last_checkpoint
+        own = os.path.abspath(path) == os.path.abspath(os.path.join(self.out_dir, LAST_NAME))
+        return (
+            f"{head} The last good checkpoint, {path} (epoch {epoch}), is intact. {fix} continue from "
+            f"epoch {epoch} with the same command plus --resume {'auto' if own else path}."
         )
-        write_json(result, os.path.join(out_dir, RESULTS_NAME))
-        tb.scalars(cfg.epochs, **{f"test/{k}": v for k, v in result["metrics"].items() if k in ("rank1", "rank5", "mAP", "mINP")})
-        tb.close()
-        log.info(format_results(result, title=f"Final evaluation (epoch {cfg.epochs})"))
-        log.info(f"training time {_format_duration(train_time)}; outputs in {os.path.abspath(out_dir)}")
-    du.barrier()
-    return result
+
+    def train(self) -> None:
+        cfg = self.cfg
+        if self.info.is_main:
+            n_params = sum(p.numel() for p in self.model.parameters()) / 1e6
+            _log().info(
+                f"{cfg.arch} ({n_params:.2f}M parameters) | {self.info.world_size} process(es) on {self.device} "
+                f"({self.info.backend}) | batch {cfg.num_identities}x{cfg.num_instances} clips of "
+                f"{cfg.seq_len}x{cfg.height}x{cfg.width} | {self.steps_per_epoch} steps/epoch | "
+                f"epochs {self.start_epoch}->{cfg.epochs} | amp {cfg.amp}"
+            )
+        self.t_start = time.time()
+        self.completed = False
+        try:
+            self._call("before_train")
+            for self.epoch in range(self.start_epoch, cfg.epochs):
+                self.before_epoch()
+                for self.inner_step, batch in enumerate(itertools.islice(self.loader, self.steps_per_epoch)):
+                    self.step_stats = self.run_step(batch)
+                    self.global_step += 1
+                    self._call("after_step")
+                self._call("after_epoch")
+            self.completed = True
+        finally:
+            self.train_time = time.time() - self.t_start
+            self._after_train()
+
+    def before_epoch(self) -> None:
+        # the epoch's whole random stream follows from (seed, epoch, rank): exact resume
+        seed_everything(epoch_seed(self.cfg.seed, self.epoch, self.info.rank))
+        self.loader.batch_sampler.set_epoch(self.epoch)
+        self.train_model.train()
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self._call("before_epoch")
+
+    def run_step(self, batch) -> dict:
+        """One training step; returns its statistics (averaged over ranks): the loss, each of its
+        terms as the criterion names them, and the batch accuracy."""
+        clips, pids, _camids = batch
+        clips = clips.to(self.device, non_blocking=True)
+        pids = torch.as_tensor(pids).long().to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.cfg.amp):
+            logits, feats = self.train_model(clips)
+        loss, parts = self.criterion(logits.float(), feats.float(), pids)
+        acc = (logits.argmax(1) == pids).float().mean()
+        names = ["loss", *parts, "acc"]
+        stats = torch.stack([loss.detach().float(), *(p.float() for p in parts.values()), acc.detach()]).cpu()
+        stats = torch.cat([stats, (~torch.isfinite(stats[:-1])).any().float().reshape(1)])
+        if self.info.distributed:  # one reduction gives the mean statistics AND a shared stop decision
+            stats = du.all_reduce_sum(stats.to(self.device)).cpu()
+            stats[:-1] /= self.info.world_size
+        if stats[-1] > 0:
+            self._raise_non_finite(dict(zip(names, stats.tolist())))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(zip(names, stats[:-1].tolist()))
+
+    def _raise_non_finite(self, stats: dict) -> None:
+        values = ", ".join(f"{k}={v}" for k, v in stats.items() if k != "acc")
+        last = self.last_checkpoint[0] if self.last_checkpoint else "none (no epoch completed)"
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {self.epoch + 1}, step {self.inner_step + 1} (global step {self.global_step + 1}): "
+            f"{values}; lr={self.lr:.2e}. Training stopped; the last good checkpoint is {last}. "
+            "Try a lower --lr, --warmup-epochs, or --amp none."
+        )
+
+    def _call(self, method: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, method)()
+
+    def _after_train(self) -> None:
+        """Every hook's ``after_train``. After a failure an error while stopping is logged, so
+        the error that stopped training is the one the user sees."""
+        for hook in self.hooks:
+            try:
+                hook.after_train()
+            except Exception as exc:
+                if self.completed:
+                    raise
+                _log().warning(f"while stopping, {type(hook).__name__} failed: {type(exc).__name__}: {exc}")
+        try:
+            self.tb.close()
+        except Exception as exc:
+            if self.completed:
+                raise
+            _log().warning(f"while stopping, TensorBoard failed: {type(exc).__name__}: {exc}")
 
 
 def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:
@@ -405,7 +297,7 @@ def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:
     setup_logger(cfg.output_dir, info.rank)
     log = _log()
     if cfg.split_id != "all":
-        result = train_one_split(cfg, int(cfg.split_id), cfg.output_dir, info)
+        result = Trainer(cfg, int(cfg.split_id), cfg.output_dir, info).run()
     else:
         num_splits = int(getattr(build_data(cfg, 0, info), "num_splits", 1) or 1)
         results = []
@@ -414,7 +306,7 @@ def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:
                 log.info(f"===== split {k + 1}/{num_splits} =====")
             split_cfg = dataclasses.replace(cfg, split_id=k, output_dir=os.path.join(cfg.output_dir, f"split{k}"))
             setup_logger(cfg.output_dir, info.rank)
-            results.append(train_one_split(split_cfg, k, split_cfg.output_dir, info))
+            results.append(Trainer(split_cfg, k, split_cfg.output_dir, info).run())
         result = None
         if info.is_main:
             result = mean_over_splits(results)
@@ -422,12 +314,15 @@ def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:
             write_json(result, os.path.join(cfg.output_dir, RESULTS_NAME))
             log.info(format_results(result, title="Final evaluation"))
     if info.is_main:
-        try:
-            from reid.data import skipped_frames
-
-            skipped = skipped_frames()
-            if skipped:
-                log.warning(f"{len(skipped)} corrupt or unreadable frames were skipped (first: {skipped[0]})")
-        except ImportError:
-            pass
+        _report_skipped_frames(log)
     return result
+
+
+def _report_skipped_frames(log: logging.Logger) -> None:
+    try:
+        from reid.data import skipped_frames
+    except ImportError:
+        return
+    skipped = skipped_frames()
+    if skipped:
+        log.warning(f"{len(skipped)} corrupt or unreadable frames were skipped (first: {skipped[0]})")

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["RankingResult", "evaluate_ranking", "cosine_distance"]
+__all__ = ["RankingResult", "evaluate_ranking", "cosine_distance", "feature_distance", "rank_gallery"]
 
 
 @dataclass
@@ -61,6 +61,16 @@ def cosine_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     q = torch.nn.functional.normalize(q.float(), dim=1)
     g = torch.nn.functional.normalize(g.float(), dim=1)
     return (1.0 - q @ g.t()).clamp_(min=0.0)
+
+
+def feature_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``1 - q_i . g_j`` of already L2-normalised features: what :func:`evaluate_ranking` ranks by."""
+    return 1.0 - q @ g.t()
+
+
+def rank_gallery(dist: torch.Tensor) -> torch.Tensor:
+    """Gallery indices of each row by ascending distance, ties in gallery order (the evaluator's ranking)."""
+    return torch.sort(dist, dim=1, stable=True).indices
 
 
 def _as_long(x, name: str) -> torch.Tensor:
@@ -125,8 +135,8 @@ def evaluate_ranking(
         if distmat is not None:
             dist = distmat[start:stop].float().cpu()
         else:
-            dist = 1.0 - q_feats[start:stop] @ g_feats.t()
-        order = torch.sort(dist, dim=1, stable=True).indices  # [c, G]
+            dist = feature_distance(q_feats[start:stop], g_feats)
+        order = rank_gallery(dist)  # [c, G]
         qp = q_pids[start:stop, None]
         same_pid = g_pids[order] == qp
         junk = same_pid & (g_camids[order] == q_camids[start:stop, None])

@@ -43,7 +43,7 @@ from ap3d_kernels.modules import (
 from .resnet import RESNET_CONFIGS, PathOrStateDict, ResNet, read_state_dict
 from .recurrent import LSTMVideoResNet
 from .resnet import load_pretrained as _load_pretrained_2d
-from .video_resnet import VideoResNet
+from .video_resnet import VideoResNet, check_stages
 
 __all__ = [
     "Architecture",
@@ -132,10 +132,7 @@ def resolve_placement(
     one stage, 2 for stages 2 and 3), ``"all"`` (every block; 10 on ResNet-50), or the total number
     of blocks, which must be what one of these rules gives.
     """
-    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
-        raise TypeError(f"stages must be a non-empty sequence of stage numbers 1..4, got {stages!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 4 for s in stages) or len(set(stages)) != len(stages):
-        raise ValueError(f"stages must be distinct integers in 1..4 (layer1..layer4), got {list(stages)}")
+    check_stages("stages", stages)
     counts = {s: layers[s - 1] for s in sorted(stages)}
     if num_blocks is None:
         rule = "half"

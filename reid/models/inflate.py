@@ -2,10 +2,13 @@
 
 Every 2D layer becomes its 3D counterpart acting on ``[B, C, T, H, W]`` frame by frame, with
 the same weights and the same parameter names, so the inflated network applied to a clip equals
-the 2D network applied to each frame. Temporal blocks are then swapped in by
-``reid.models.video_resnet``.
+the 2D network applied to each frame. ``ResNet3D(..., conv2=...)`` builds chosen blocks' conv2
+from the 2D conv directly (``reid.models.video_resnet`` puts its temporal blocks there), so
+every weight is copied from 2D to 3D exactly once.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -20,14 +23,25 @@ __all__ = [
     "Bottleneck3D",
     "inflate_block",
     "ResNet3D",
+    "check_resnet",
     "set_last_stride",
     "inflate_resnet",
 ]
 
 
+# conv2(stage, block index, the 2D conv, its spatial stride) -> the block's 3D conv2, or None
+# to inflate the 2D conv
+Conv2Factory = Callable[[int, int, nn.Conv2d, tuple], Optional[nn.Module]]
+
+
+def _pair(v) -> tuple:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 @torch.no_grad()
-def inflate_conv(conv2d: nn.Conv2d) -> nn.Conv3d:
-    """``Conv2d(k x k)`` -> ``Conv3d(1 x k x k)`` with the same weights."""
+def inflate_conv(conv2d: nn.Conv2d, *, stride=None) -> nn.Conv3d:
+    """``Conv2d(k x k)`` -> ``Conv3d(1 x k x k)`` with the same weights (``stride``: another
+    spatial stride)."""
     if not isinstance(conv2d, nn.Conv2d):
         raise TypeError(f"inflate_conv: expected an nn.Conv2d, got {type(conv2d).__name__}")
     if isinstance(conv2d.padding, str):
@@ -38,7 +52,7 @@ def inflate_conv(conv2d: nn.Conv2d) -> nn.Conv3d:
         conv2d.in_channels,
         conv2d.out_channels,
         kernel_size=(1, *conv2d.kernel_size),
-        stride=(1, *conv2d.stride),
+        stride=(1, *(conv2d.stride if stride is None else _pair(stride))),
         padding=(0, *conv2d.padding),
         dilation=(1, *conv2d.dilation),
         groups=conv2d.groups,
@@ -73,78 +87,101 @@ def inflate_max_pool(pool2d: nn.MaxPool2d) -> nn.MaxPool3d:
     """``MaxPool2d(k, s, p)`` -> ``MaxPool3d((1, k, k), (1, s, s), (0, p, p))``."""
     if not isinstance(pool2d, nn.MaxPool2d):
         raise TypeError(f"inflate_max_pool: expected an nn.MaxPool2d, got {type(pool2d).__name__}")
-    def pair(v):
-        return (v, v) if isinstance(v, int) else tuple(v)
     return nn.MaxPool3d(
-        kernel_size=(1, *pair(pool2d.kernel_size)),
-        stride=(1, *pair(pool2d.stride)),
-        padding=(0, *pair(pool2d.padding)),
-        dilation=(1, *pair(pool2d.dilation)),
+        kernel_size=(1, *_pair(pool2d.kernel_size)),
+        stride=(1, *_pair(pool2d.stride)),
+        padding=(0, *_pair(pool2d.padding)),
+        dilation=(1, *_pair(pool2d.dilation)),
         ceil_mode=pool2d.ceil_mode,
     )
 
 
-def _inflate_downsample(downsample):
+def _inflate_downsample(downsample, stride=None):
     if downsample is None:
         return None
     conv, bn = downsample
-    return nn.Sequential(inflate_conv(conv), inflate_batch_norm(bn))
+    return nn.Sequential(inflate_conv(conv, stride=stride), inflate_batch_norm(bn))
+
+
+def _conv2(block2d, stride, make) -> nn.Module:
+    """The 3D conv2: ``make(conv2d, stride)`` if it gives one, else the inflated 2D conv."""
+    stride = block2d.conv2.stride if stride is None else _pair(stride)
+    built = make(block2d.conv2, tuple(stride)) if make is not None else None
+    return inflate_conv(block2d.conv2, stride=stride) if built is None else built
 
 
 class BasicBlock3D(nn.Module):
-    """Inflated ``BasicBlock``; ``conv2`` may be replaced by a temporal block."""
+    """Inflated ``BasicBlock``; ``conv2`` may be a temporal block. ``stride`` replaces the
+    block's spatial stride (conv1's and the downsample's)."""
 
-    def __init__(self, block2d: BasicBlock):
+    def __init__(self, block2d: BasicBlock, *, stride=None, conv2=None):
         super().__init__()
-        self.conv1 = inflate_conv(block2d.conv1)
+        self.conv1 = inflate_conv(block2d.conv1, stride=stride)
         self.bn1 = inflate_batch_norm(block2d.bn1)
-        self.conv2 = inflate_conv(block2d.conv2)
+        self.conv2 = _conv2(block2d, None, conv2)
         self.bn2 = inflate_batch_norm(block2d.bn2)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _inflate_downsample(block2d.downsample)
+        self.downsample = _inflate_downsample(block2d.downsample, stride)
 
     # The residual wiring does not depend on the dimensionality: reuse the 2D block's.
     forward = BasicBlock.forward
 
 
 class Bottleneck3D(nn.Module):
-    """Inflated ``Bottleneck``; ``conv2`` (the 3x3) may be replaced by a temporal block."""
+    """Inflated ``Bottleneck``; ``conv2`` (the 3x3) may be a temporal block. ``stride`` replaces
+    the block's spatial stride (conv2's and the downsample's)."""
 
-    def __init__(self, block2d: Bottleneck):
+    def __init__(self, block2d: Bottleneck, *, stride=None, conv2=None):
         super().__init__()
         self.conv1 = inflate_conv(block2d.conv1)
         self.bn1 = inflate_batch_norm(block2d.bn1)
-        self.conv2 = inflate_conv(block2d.conv2)
+        self.conv2 = _conv2(block2d, stride, conv2)
         self.bn2 = inflate_batch_norm(block2d.bn2)
         self.conv3 = inflate_conv(block2d.conv3)
         self.bn3 = inflate_batch_norm(block2d.bn3)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _inflate_downsample(block2d.downsample)
+        self.downsample = _inflate_downsample(block2d.downsample, stride)
 
     forward = Bottleneck.forward
 
 
-def inflate_block(block2d: nn.Module) -> nn.Module:
+def inflate_block(block2d: nn.Module, *, stride=None, conv2=None) -> nn.Module:
+    """``conv2(conv2d, spatial_stride)``: an optional factory of the block's 3D conv2."""
     if isinstance(block2d, Bottleneck):
-        return Bottleneck3D(block2d)
+        return Bottleneck3D(block2d, stride=stride, conv2=conv2)
     if isinstance(block2d, BasicBlock):
-        return BasicBlock3D(block2d)
+        return BasicBlock3D(block2d, stride=stride, conv2=conv2)
     raise TypeError(f"inflate_block: expected a BasicBlock or Bottleneck, got {type(block2d).__name__}")
 
 
-class ResNet3D(nn.Module):
-    """The inflated trunk: ``[B, 3, T, H, W]`` -> layer4's map ``[B, feature_dim, T, h, w]``."""
+def check_resnet(resnet2d) -> ResNet:
+    if not isinstance(resnet2d, ResNet):
+        raise TypeError(f"expected a reid.models.resnet.ResNet, got {type(resnet2d).__name__}")
+    return resnet2d
 
-    def __init__(self, resnet2d: ResNet):
+
+class ResNet3D(nn.Module):
+    """The inflated trunk: ``[B, 3, T, H, W]`` -> layer4's map ``[B, feature_dim, T, h, w]``.
+
+    ``last_stride``: layer4's spatial stride (None: the 2D network's). ``conv2``: a
+    :data:`Conv2Factory` giving the 3D conv2 of chosen blocks (stages 1..4 = layer1..layer4)."""
+
+    def __init__(self, resnet2d: ResNet, *, last_stride: Optional[int] = None, conv2: Optional[Conv2Factory] = None):
         super().__init__()
-        if not isinstance(resnet2d, ResNet):
-            raise TypeError(f"expected a reid.models.resnet.ResNet, got {type(resnet2d).__name__}")
+        check_resnet(resnet2d)
+        if last_stride is not None and last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
         self.conv1 = inflate_conv(resnet2d.conv1)
         self.bn1 = inflate_batch_norm(resnet2d.bn1)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = inflate_max_pool(resnet2d.maxpool)
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, nn.Sequential(*(inflate_block(b) for b in getattr(resnet2d, name))))
+        for stage in (1, 2, 3, 4):
+            blocks = []
+            for i, block2d in enumerate(getattr(resnet2d, f"layer{stage}")):
+                stride = last_stride if (stage, i) == (4, 0) else None
+                make = None if conv2 is None else (lambda conv, s, stage=stage, i=i: conv2(stage, i, conv, s))
+                blocks.append(inflate_block(block2d, stride=stride, conv2=make))
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.feature_dim = resnet2d.feature_dim
 
     @property
@@ -177,4 +214,4 @@ def set_last_stride(model: nn.Module, last_stride: int) -> nn.Module:
 def inflate_resnet(resnet2d: ResNet, *, last_stride: int = 1) -> ResNet3D:
     """The C2D network: ``resnet2d`` inflated to 3D with temporal kernel 1 (``resnet2d`` itself is
     not modified; ``fc`` is dropped) and layer4's stride set to ``last_stride`` (1 for ReID)."""
-    return set_last_stride(ResNet3D(resnet2d), last_stride)
+    return ResNet3D(resnet2d, last_stride=last_stride)

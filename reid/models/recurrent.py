@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ap3d_kernels.modules._checks import check_positive_int
+from ap3d_kernels.validation import check_positive_int
 
 from .resnet import ResNet
 from .video_resnet import VideoResNet

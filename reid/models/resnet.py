@@ -13,6 +13,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..serialization import WeightsFileError, load_weights_file
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -147,9 +149,15 @@ def read_state_dict(source: PathOrStateDict) -> dict[str, torch.Tensor]:
                 f"ImageNet state dict there first, e.g. torch.save(torchvision.models.resnet50(weights='IMAGENET1K_V1')"
                 f".state_dict(), {path!r}) on a machine with network access"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # CRC-checked, weights_only: a corrupted, truncated or pickle-payload file is refused by name
+        state = load_weights_file(path, what="pretrained weights file")
     else:
         raise TypeError(f"pretrained must be a path or a state dict (Mapping), got {type(source).__name__}")
+    if not isinstance(state, Mapping):
+        raise WeightsFileError(
+            f"pretrained: {source!r} holds a {type(state).__name__}, expected a state dict (a mapping of "
+            f"parameter names to tensors)"
+        )
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
             state = dict(state[key])

@@ -175,6 +175,7 @@ def format_table(rows: Sequence[SummaryRow], *, markdown: bool = False) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reid.models",
+        allow_abbrev=False,  # a misspelt flag is an error, never a prefix match of another one
         description="Parameters (M, classifier excluded) and FLOPs of one clip for every AP3D-paper architecture.",
     )
     parser.add_argument("--backbone", choices=[*BACKBONES, "all"], default="resnet50")

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ap3d_kernels.modules import APM, NonLocalBlock3D, TemporalBlock
-from ap3d_kernels.modules._checks import check_positive_int, check_video_input
+from ap3d_kernels.validation import check_positive_int, check_video_input
 
-from .inflate import ResNet3D, set_last_stride
+from .inflate import ResNet3D, check_resnet
 from .resnet import ResNet
 
-__all__ = ["VideoResNet", "temporal_blocks", "apm_modules", "set_apm_backend"]
+__all__ = ["VideoResNet", "check_stages", "temporal_blocks", "apm_modules", "set_apm_backend"]
 
 Placement = Mapping[int, Sequence[int]]  # stage (1..4 = layer1..layer4) -> residual-block indices
 
@@ -57,24 +57,27 @@ class VideoResNet(ResNet3D):
         last_stride: int = 1,
         nonlocal_block: type = NonLocalBlock3D,
     ):
-        super().__init__(resnet2d)  # the C2D trunk: resnet2d inflated with temporal kernel 1
-        set_last_stride(self, last_stride)
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        temporal_placement = dict(temporal_placement or {})
-        nonlocal_placement = dict(nonlocal_placement or {})
-        _check_placement("temporal_placement", temporal_placement, self.stages)
-        _check_placement("nonlocal_placement", nonlocal_placement, self.stages)
+        check_resnet(resnet2d)
+        num_classes = check_positive_int("num_classes", num_classes)
+        layers = [len(getattr(resnet2d, f"layer{s}")) for s in (1, 2, 3, 4)]
+        temporal_placement = _normalise_placement("temporal_placement", temporal_placement, layers)
+        nonlocal_placement = _normalise_placement("nonlocal_placement", nonlocal_placement, layers)
         if temporal_placement and temporal_block is None:
             raise ValueError("temporal_placement was given but temporal_block is None")
         if temporal_block is not None and not (isinstance(temporal_block, type) and issubclass(temporal_block, TemporalBlock)):
             raise TypeError(f"temporal_block must be a TemporalBlock subclass, got {temporal_block!r}")
-        self.temporal_placement = {s: tuple(sorted(set(i))) for s, i in sorted(temporal_placement.items()) if i}
-        self.nonlocal_placement = {s: tuple(sorted(set(i))) for s, i in sorted(nonlocal_placement.items()) if i}
 
-        for stage, indices in self.temporal_placement.items():
-            layer = self.stages[stage - 1]
-            for i in indices:
-                layer[i].conv2 = temporal_block.from_2d(layer[i].conv2, **(block_options or {}))
+        def conv2(stage, index, conv2d, stride):  # the temporal blocks, straight from the 2D weights
+            if index in temporal_placement.get(stage, ()):
+                return temporal_block.from_2d(conv2d, stride=stride, **(block_options or {}))
+            return None
+
+        # the C2D trunk (resnet2d inflated with temporal kernel 1) with the temporal blocks in place
+        super().__init__(resnet2d, last_stride=last_stride, conv2=conv2)
+        self.num_classes = num_classes
+        self.temporal_placement = temporal_placement
+        self.nonlocal_placement = nonlocal_placement
+
         for stage, indices in self.nonlocal_placement.items():
             name = f"layer{stage}"
             blocks = []
@@ -135,16 +138,28 @@ class VideoResNet(ResNet3D):
         )
 
 
-def _check_placement(name: str, placement: dict, stages: list) -> None:
+def check_stages(name: str, stages) -> tuple[int, ...]:
+    """Distinct ResNet stage numbers 1..4 (layer1..layer4): the one check of a stage number."""
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
+        raise TypeError(f"{name} must be a non-empty sequence of stage numbers 1..4, got {stages!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 4 for s in stages) or len(set(stages)) != len(stages):
+        raise ValueError(f"{name} must be distinct integers in 1..4 (layer1..layer4), got {list(stages)}")
+    return tuple(stages)
+
+
+def _normalise_placement(name: str, placement: Optional[Placement], layers: list) -> dict:
+    """``{stage: sorted distinct indices}`` without empty stages, after checking every entry."""
+    placement = dict(placement or {})
+    if placement:
+        check_stages(f"{name} keys (stages)", list(placement))
     for stage, indices in placement.items():
-        if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= 4:
-            raise ValueError(f"{name}: stages are integers 1..4 (layer1..layer4), got {stage!r}")
-        n = len(stages[stage - 1])
+        n = layers[stage - 1]
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
             raise TypeError(f"{name}[{stage}] must be a sequence of block indices, got {indices!r}")
         bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
         if bad:
             raise ValueError(f"{name}[{stage}]: layer{stage} has {n} blocks (indices 0..{n - 1}), got {list(indices)}")
+    return {s: tuple(sorted(set(i))) for s, i in sorted(placement.items()) if i}
 
 
 def temporal_blocks(model: nn.Module) -> list[TemporalBlock]:

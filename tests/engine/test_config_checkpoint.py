@@ -61,6 +61,27 @@ def test_bad_values_are_named(argv, msg):
         parse(argv)
 
 
+def test_a_dataset_options_list_is_a_config_error_even_with_a_flag_to_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset_options: [1, 2]\n")
+    for argv in (["--config", str(path)], ["--config", str(path), "--dataset-option", "seed=3"]):
+        with pytest.raises(ConfigError, match=r"c.yaml: dataset_options: got \[1, 2\], expected a mapping"):
+            parse(argv)
+
+
+def test_flags_are_never_prefix_matched(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--num-instance", "3"])  # not --num-instances
+    assert "unrecognized arguments: --num-instance 3" in capsys.readouterr().err
+    assert parse(["--num-instances", "3"]).num_instances == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_cuda_is_a_config_error():
+    with pytest.raises(ConfigError, match="device: got 'cuda', but no CUDA device is available"):
+        parse(["--device", "cuda"])
+
+
 def test_missing_config_file_is_named():
     with pytest.raises(ConfigError, match="file not found: /no/such.yaml"):
         parse(["--config", "/no/such.yaml"])
@@ -123,6 +144,29 @@ def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="corrupted"):
         load_checkpoint(str(path))
+
+
+def test_a_byte_flipped_inside_a_tensor_is_refused_by_name(tmp_path):
+    from bad_files import flip_byte_in_largest_tensor
+
+    path = tmp_path / "model_best.pth"
+    ck = minimal_checkpoint()
+    ck["model"] = {"w": torch.randn(1000)}
+    atomic_save(ck, str(path))
+    load_checkpoint(str(path))
+    record = flip_byte_in_largest_tensor(str(path))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is corrupted: record '{record}' fails its integrity"):
+        load_checkpoint(str(path))
+
+
+def test_a_pickle_payload_checkpoint_is_refused_without_running_it(tmp_path):
+    from bad_files import write_pickle_payload
+
+    path, marker = tmp_path / "ck.pth", tmp_path / "ran"
+    write_pickle_payload(str(path), str(marker))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is not a valid weights file"):
+        load_checkpoint(str(path))
+    assert not marker.exists()
 
 
 def test_missing_and_foreign_checkpoints_are_named(tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import DatasetLayoutError, VideoDataset
+from .base import DatasetLayoutError, EmptySplitError, VideoDataset
 from .duke import DUKE_LAYOUT, load_duke
 from .folder import FOLDER_LAYOUT, load_folder
 from .ilidsvid import ILIDSVID_LAYOUT, load_ilidsvid
@@ -11,7 +11,7 @@ from .mars import MARS_LAYOUT, MARS_PROTOCOLS, load_mars
 from .prid import PRID_LAYOUT, load_prid
 from .synthetic import load_synthetic
 
-__all__ = ["DATASETS", "ALIASES", "LAYOUTS", "build_dataset", "VideoDataset", "DatasetLayoutError"]
+__all__ = ["DATASETS", "ALIASES", "LAYOUTS", "build_dataset", "VideoDataset", "DatasetLayoutError", "EmptySplitError"]
 
 DATASETS = {
     "synthetic": load_synthetic,

@@ -13,6 +13,7 @@ from ..tracklet import Tracklet, count_unmatched_queries, relabel, split_dense, 
 __all__ = [
     "VideoDataset",
     "DatasetLayoutError",
+    "EmptySplitError",
     "resolve_dataset_dir",
     "list_images",
     "natural_key",
@@ -32,6 +33,10 @@ class DatasetLayoutError(FileNotFoundError):
             msg += f" ({detail})"
         msg += f"\nexpected layout of {dataset}:\n{layout.rstrip()}"
         super().__init__(msg)
+
+
+class EmptySplitError(ValueError):
+    """The query or gallery split of a dataset holds no tracklet, so nothing could be evaluated."""
 
 
 def natural_key(text: str) -> list:
@@ -85,11 +90,13 @@ def resolve_dataset_dir(dataset: str, root, dirname: str, markers: Sequence[str]
     raise DatasetLayoutError(dataset, expected, layout, detail)
 
 
-def check_split_id(split_id, num_splits: int) -> int:
+def check_split_id(split_id, num_splits: int, dataset: str = "this dataset") -> int:
+    """`split_id` if it names one of the dataset's splits; one-split datasets accept only 0."""
     if isinstance(split_id, bool) or not isinstance(split_id, int):
         raise TypeError(f"split_id must be an int in [0, {num_splits - 1}], got {split_id!r}")
     if not 0 <= split_id < num_splits:
-        raise ValueError(f"split_id must be in [0, {num_splits - 1}] for this dataset, got {split_id}")
+        raise ValueError(f"split_id must be in [0, {num_splits - 1}] for {dataset} "
+                         f"({num_splits} split{'s' if num_splits != 1 else ''}), got {split_id}")
     return split_id
 
 
@@ -127,6 +134,13 @@ class VideoDataset:
                 logger.warning("%s: %s", name, msg)
                 notes.append(msg)
             subsets[subset] = kept
+        for subset in ("query", "gallery"):  # found now, not after a whole training run
+            if not subsets[subset]:
+                where = f" under {kwargs['root']}" if kwargs.get("root") else ""
+                raise EmptySplitError(
+                    f"{name}: the {subset} split{where} has no tracklet with frames; evaluation needs at least one "
+                    f"query and one gallery tracklet"
+                )
         train_list = subsets["train"]
         if dense:
             before = len(train_list)

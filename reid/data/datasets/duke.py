@@ -5,7 +5,7 @@ import os
 import re
 
 from ..tracklet import Tracklet
-from .base import DatasetLayoutError, VideoDataset, list_dirs, list_images, resolve_dataset_dir
+from .base import DatasetLayoutError, VideoDataset, check_split_id, list_dirs, list_images, resolve_dataset_dir
 
 __all__ = ["load_duke", "DUKE_LAYOUT", "parse_duke_frame"]
 
@@ -53,6 +53,7 @@ def _read_split(split_dir: str) -> list[Tracklet]:
 
 
 def load_duke(root, split_id: int = 0, dense: bool = True) -> VideoDataset:
+    split_id = check_split_id(split_id, 1, "DukeMTMC-VideoReID")
     base = resolve_dataset_dir("DukeMTMC-VideoReID", root, "DukeMTMC-VideoReID",
                                ("train", "query", "gallery"), DUKE_LAYOUT)
     train, query, gallery = (_read_split(os.path.join(base, s)) for s in ("train", "query", "gallery"))

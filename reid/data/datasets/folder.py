@@ -5,7 +5,7 @@ import os
 import re
 
 from ..tracklet import Tracklet
-from .base import DatasetLayoutError, VideoDataset, list_dirs, list_images, resolve_dataset_dir
+from .base import DatasetLayoutError, VideoDataset, check_split_id, list_dirs, list_images, resolve_dataset_dir
 
 __all__ = ["load_folder", "read_folder_split", "FOLDER_LAYOUT", "parse_camera"]
 
@@ -29,8 +29,20 @@ def parse_camera(tracklet_dir: str) -> int:
     return int(m.group(1))
 
 
+def _no_loose_frames(directory: str, level: str, dataset: str) -> None:
+    """Frames must sit in tracklet folders: loose ones would otherwise be ignored without a word."""
+    loose = list_images(directory)
+    if loose:
+        raise DatasetLayoutError(
+            dataset, f"frames inside tracklet folders (<split>/<pid>/<tracklet>/<frames>), but {len(loose)} "
+            f"frame(s) lie directly in the {level} folder {directory}", FOLDER_LAYOUT,
+            f"e.g. {loose[0]}; move each tracklet's frames into a folder named with its camera, such as "
+            f"{os.path.join(directory, *(['c1_t001'] if level == 'identity' else ['<pid>', 'c1_t001']))}")
+
+
 def read_folder_split(split_dir: str, dataset: str = "folder dataset") -> list[Tracklet]:
     out = []
+    _no_loose_frames(split_dir, "split", dataset)
     for pid_name in list_dirs(split_dir):
         try:
             pid = int(pid_name)
@@ -40,6 +52,7 @@ def read_folder_split(split_dir: str, dataset: str = "folder dataset") -> list[T
         if pid == -1:
             continue
         pid_dir = os.path.join(split_dir, pid_name)
+        _no_loose_frames(pid_dir, "identity", dataset)
         for tname in list_dirs(pid_dir):
             tdir = os.path.join(pid_dir, tname)
             out.append(Tracklet(tuple(list_images(tdir)), pid, parse_camera(tdir)))
@@ -48,6 +61,7 @@ def read_folder_split(split_dir: str, dataset: str = "folder dataset") -> list[T
 
 def load_folder(root, split_id: int = 0, dense: bool = False, name: str = "folder",
                 protocol: str = "") -> VideoDataset:
+    split_id = check_split_id(split_id, 1, name)
     base = resolve_dataset_dir(name, root, "", ("train", "query", "gallery"), FOLDER_LAYOUT)
     subsets = [read_folder_split(os.path.join(base, s), name) for s in ("train", "query", "gallery")]
     if not any(subsets):

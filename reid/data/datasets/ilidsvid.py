@@ -47,7 +47,7 @@ def load_ilidsvid(root, split_id: int = 0, dense: bool = True) -> VideoDataset:
     if splits.ndim != 2:
         raise DatasetLayoutError("iLIDS-VID", f"ls_set in {split_path} to be a splits x persons matrix",
                                  ILIDSVID_LAYOUT, f"got shape {splits.shape}")
-    split_id = check_split_id(split_id, splits.shape[0])
+    split_id = check_split_id(split_id, splits.shape[0], "iLIDS-VID")
 
     # Sorted, unlike the release (os.listdir order made its splits filesystem-dependent).
     cam1_dir = os.path.join(base, _SEQ, "cam1")

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.io import loadmat
 
 from ..tracklet import Tracklet, has_valid_match
-from .base import DatasetLayoutError, VideoDataset, resolve_dataset_dir
+from .base import DatasetLayoutError, VideoDataset, check_split_id, resolve_dataset_dir
 
 __all__ = ["load_mars", "MARS_LAYOUT", "MARS_PROTOCOLS"]
 
@@ -71,6 +71,7 @@ def _tracklets(base: str, home: str, names: list[str], info: np.ndarray, where: 
 def load_mars(root, split_id: int = 0, protocol: str = "release", dense: bool = False) -> VideoDataset:
     if protocol not in MARS_PROTOCOLS:
         raise ValueError(f"protocol for mars must be one of {sorted(MARS_PROTOCOLS)}, got {protocol!r}")
+    split_id = check_split_id(split_id, 1, "MARS")
     base = resolve_dataset_dir("MARS", root, "MARS", _MARKERS, MARS_LAYOUT)
     info = os.path.join(base, "info")
     train_names = _read_names(os.path.join(info, "train_name.txt"))

@@ -39,7 +39,7 @@ def load_prid(root, split_id: int = 0, min_seq_len: int = 27, dense: bool = Fals
     178 persons; 0 -> all 200)."""
     if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
         raise ValueError(f"min_seq_len must be a non-negative int, got {min_seq_len!r}")
-    split_id = check_split_id(split_id, NUM_SPLITS)
+    split_id = check_split_id(split_id, NUM_SPLITS, "PRID2011")
     base = resolve_dataset_dir("PRID2011", root, os.path.join("prid_2011", "multi_shot"),
                                ("cam_a", "cam_b"), PRID_LAYOUT)
     frames = {}

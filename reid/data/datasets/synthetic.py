@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..synthetic import SyntheticConfig, ensure_synthetic, read_manifest
-from .base import VideoDataset
+from .base import VideoDataset, check_split_id
 from .folder import load_folder
 
 __all__ = ["load_synthetic"]
@@ -13,6 +13,7 @@ __all__ = ["load_synthetic"]
 def load_synthetic(root=None, split_id: int = 0, dense: bool = False, workers: Optional[int] = None,
                    verbose: bool = True, **options) -> VideoDataset:
     """Generate (first use only) and load the synthetic set; `options` are SyntheticConfig fields."""
+    check_split_id(split_id, 1, "synthetic")  # before generating anything
     config = SyntheticConfig.from_options(**options)
     directory = ensure_synthetic(root, config, workers=workers, verbose=verbose)
     manifest = read_manifest(directory) or {}

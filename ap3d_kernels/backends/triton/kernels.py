@@ -1,0 +1,451 @@
+"""The Triton kernels of the APM core (the launchers are in ``launchers.py``, the operators in ``ops.py``).
+
+Forward: one program per (row block, real pair, channel block). It computes the similarities,
+the softmax with the fixed offset ``exp(S - scale)`` (q and k are unit vectors, so S lies in
+[-scale, scale]; for scales where ``exp(-2 scale)`` would lose precision in the dtype ``P`` is
+cast to, a cheap extra pass over the keys finds the exact row maximum first), ``P @ x`` and
+``P @ vphi`` tile by tile, then the gate, straight into the interleaved output. Because ``phi =
+P @ vphi`` is accumulated beside ``P @ V``, the gate is known at the end of the key loop of every
+program, so the value dimension C can be split across programs (C up to 2048 and beyond).
+
+Backward (FlashAttention-2 style, deterministic, no atomics): a pre-pass computes ``R =
+rowsum(dz * z)`` per pair row; kernels recompute ``P`` tile by tile from the saved log-sum-exp:
+one per key block for the key gradient, ``P^T dphi`` (the gradient of ``vphi``) and, when C fits
+one channel block, dx as well (FlashAttention-2's fused dK/dV), else a separate dx kernel split
+over channel chunks; and one per query block for the query gradient.
+
+Numerics: accumulation is fp32 (fp64 for fp64 inputs, so ``gradcheck`` is meaningful); for
+fp16/bf16 inputs q and k enter ``tl.dot`` as fp16 (3 more mantissa bits than bf16). fp32
+``tl.dot`` uses IEEE precision unless the caller allows TF32.
+
+Interpreter mode: ``@triton.jit`` decides between compiled and interpreted kernels when the
+kernel is defined, i.e. when this module is imported; with ``TRITON_INTERPRET=1`` set before
+triton is imported, the same kernels run on CPU tensors (slowly, one fixed config, no
+autotuning).
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+__all__ = [
+    "INTERPRETED",
+    "GPU_CONFIG_CHOICES",
+    "apm_fwd_kernel",
+    "apm_bwd_rowdot_kernel",
+    "apm_bwd_dx_kernel",
+    "apm_bwd_dk_kernel",
+    "apm_bwd_dq_kernel",
+]
+
+
+def _interpret_env() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads the variable through its knobs
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+# What counts after this import is the decision @triton.jit took here, not the env var now.
+INTERPRETED = _interpret_env()
+
+
+# Autotuning space on GPU, keyed on (HW, C, Ck) (and the dtypes): (BLOCK_M, BLOCK_N, num_warps,
+# num_stages); the value block BLOCK_C is chosen by the launcher (all of C up to 128 per program).
+# Chosen from AOT builds for sm_90 with triton 3.9 (cubin resource usage): in bf16 each list
+# holds configs that compile without register spills at BLOCK_C = 128, mostly 8 warps (4-warp
+# 64 x 64 tiles spill hundreds of bytes). "bwd_kv" serves the key-block kernel (dk, dvphi and
+# the fused dx) and the separate dx kernel, "bwd_q" the query-block kernel.
+GPU_CONFIG_CHOICES = {
+    "fwd": [(64, 64, 8, 2), (64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (32, 32, 4, 3)],
+    "bwd_kv": [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 8, 2), (16, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 3)],
+    "bwd_q": [(64, 64, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2), (32, 32, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2)],
+}
+
+
+def _configs(block_names: tuple[str, ...], gpu_choices: list[tuple]) -> list:
+    """One fixed config in interpreter mode (multi-config autotune fails there), else a
+    small set covering the paper's stage-2/3 shapes (HW 128..512, C 128..1024)."""
+    if INTERPRETED:
+        return [triton.Config({name: 16 for name in block_names}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config(dict(zip(block_names, blocks)), num_warps=warps, num_stages=stages)
+        for (*blocks, warps, stages) in gpu_choices
+    ]
+
+
+_FWD_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["fwd"])
+_BWD_KV_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd_kv"])
+_BWD_Q_CONFIGS = _configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["bwd_q"])
+_KEY = ["HW", "C", "CK"]
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@triton.jit
+def apm_fwd_kernel(
+    X, Q, VPHI, TW, OUT, LSE, GATE, PHI, PAIRS,
+    scale,
+    T, HW, C, CK, N_PAIRS,
+    stride_xb, stride_xc, stride_xt,
+    stride_ob, stride_oc, stride_ot,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr,
+    ROW_MAX: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One program: one real (centre t, neighbour t') pair of one clip, BLOCK_M positions,
+    BLOCK_C channels. PAIRS lists the clip's real pairs as (t, slot); the centre slots and
+    the zero-padded neighbours are written by the launcher, so the kernel has no branches
+    (branches here cost registers that the key loop needs)."""
+    HALF: tl.constexpr = TIME_DIM // 2
+    NB: tl.constexpr = TIME_DIM - 1
+    # Axis 0 enumerates (clip pair, row block) with the row block fastest, so programs that
+    # share one neighbour's keys and values run together (L2 reuse), and its 2^31 limit
+    # (unlike axis 1's 65535) never binds.
+    n_m = tl.cdiv(HW, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    pid_p = tl.program_id(0) // n_m
+    pid_c = tl.program_id(1)
+    pair = pid_p % N_PAIRS
+    b = (pid_p // N_PAIRS).to(tl.int64)
+    t = tl.load(PAIRS + 2 * pair)
+    slot = tl.load(PAIRS + 2 * pair + 1)
+    src = t + slot - HALF
+    nb = slot - (slot > HALF).to(tl.int32)
+
+    ACC = LSE.dtype.element_ty
+    DT = X.dtype.element_ty
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, CKP)
+    mask_m = offs_m < HW
+    mask_c = offs_c < C
+    mask_d = offs_d < CK
+    row = ((b * T + t) * NB + nb) * HW + offs_m  # index into [B, T, NB, HW]
+
+    q_base = Q + (b * T + t) * HW * CK
+    k_base = Q + (b * T + src) * HW * CK
+    q = tl.load(q_base + offs_m[:, None] * CK + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if ROW_MAX:
+        # Large scale: exp(S - scale) could underflow, so find each row's max first
+        # (a pass of Ck-dim dots only, cheap next to P @ V).
+        m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+        for start_n in range(0, HW, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < HW
+            kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+            s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+            m_i = tl.maximum(m_i, tl.max(s, 1))
+        offset = m_i
+    else:
+        offset = tl.full([BLOCK_M], 1.0, ACC) * scale
+
+    l_i = tl.zeros([BLOCK_M], dtype=ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)
+    phi_acc = tl.zeros([BLOCK_M, CKP], dtype=ACC)
+    v_base = X + b * stride_xb + src * stride_xt
+    for start_n in range(0, HW, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < HW
+        kT = tl.load(k_base + offs_n[None, :] * CK + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * scale
+        # Masking the exponent (not its result) keeps padded lanes at exp(-inf) = 0 and
+        # never overflows, whatever scale is.
+        p = tl.exp(tl.where(mask_n[None, :], s - offset[:, None], float("-inf")))
+        l_i += tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] + offs_c[None, :] * stride_xc, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        p_dt = p.to(DT)
+        acc = tl.dot(p_dt, v, acc, input_precision=PREC, out_dtype=ACC)
+        if CONTRASTIVE:
+            vphi = tl.load(VPHI + (b * T + src) * HW * CK + offs_n[:, None] * CK + offs_d[None, :],
+                           mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            phi_acc = tl.dot(p_dt, vphi.to(DT), phi_acc, input_precision=PREC, out_dtype=ACC)
+
+    inv_l = 1.0 / l_i
+    y = acc * inv_l[:, None]
+    if CONTRASTIVE:
+        phi = phi_acc * inv_l[:, None]
+        tw = tl.load(TW + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :],
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        logit = tl.sum(tw * phi, 1)
+        gate = 1.0 / (1.0 + tl.exp(-logit))
+        y = y * gate[:, None]
+    # Output pointers formed only here: a [BLOCK_M, BLOCK_C] tile of 64-bit pointers kept live
+    # across the key loop would cost 2 registers per element.
+    out_base = OUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+    tl.store(out_base + (offs_m[:, None] + offs_c[None, :] * stride_oc), y.to(DT),
+             mask=mask_m[:, None] & mask_c[None, :])
+    if pid_c == 0:
+        tl.store(LSE + row, offset + tl.log(l_i), mask=mask_m)
+        if CONTRASTIVE:
+            tl.store(GATE + row, gate, mask=mask_m)
+            tl.store(PHI + row[:, None] * CK + offs_d[None, :], phi, mask=mask_m[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def apm_bwd_rowdot_kernel(
+    DOUT, OUT, R,
+    T, HW, C,
+    stride_b, stride_c, stride_t,
+    TIME_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """R[b, t, nb, i] = sum_c dz * z over the neighbour slots (FlashAttention's delta pre-pass)."""
+    HALF: tl.constexpr = TIME_DIM // 2
+    NB: tl.constexpr = TIME_DIM - 1
+    n_m = tl.cdiv(HW, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    pid_p = tl.program_id(0) // n_m
+    nb = pid_p % NB
+    bt = pid_p // NB
+    t = bt % T
+    b = (bt // T).to(tl.int64)
+    slot = nb + (nb >= HALF).to(tl.int32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < HW
+    base = b * stride_b + (t * TIME_DIM + slot) * stride_t
+    acc = tl.zeros([BLOCK_M], dtype=R.dtype.element_ty)
+    for start_c in range(0, C, BLOCK_C):
+        offs_c = start_c + tl.arange(0, BLOCK_C)
+        mask = mask_m[None, :] & (offs_c < C)[:, None]
+        ptrs = base + offs_c[:, None] * stride_c + offs_m[None, :]
+        dz = tl.load(DOUT + ptrs, mask=mask, other=0.0).to(R.dtype.element_ty)
+        z = tl.load(OUT + ptrs, mask=mask, other=0.0).to(R.dtype.element_ty)
+        acc += tl.sum(dz * z, 0)
+    tl.store(R + ((b * T + t) * NB + nb) * HW + offs_m, acc, mask=mask_m)
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
+@triton.jit
+def apm_bwd_dx_kernel(
+    DOUT, X, Q, LSE, GATE, DX,
+    scale,
+    T, HW, C, CK,
+    stride_xb, stride_xc, stride_xt,
+    stride_ob, stride_oc, stride_ot,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx of key frame t' (BLOCK_N positions, BLOCK_C channels): the centre-slot gradient plus
+    sum over the pairs that use t' as neighbour of P^T (a * dz). Written once, no atomics."""
+    HALF: tl.constexpr = TIME_DIM // 2
+    n_n = tl.cdiv(HW, BLOCK_N)
+    pid_n = tl.program_id(0) % n_n
+    pid_bt = tl.program_id(0) // n_n
+    pid_c = tl.program_id(1)
+    tk = pid_bt % T
+    b = (pid_bt // T).to(tl.int64)
+    ACC = LSE.dtype.element_ty
+    DT = X.dtype.element_ty
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, CKP)
+    mask_n = offs_n < HW
+    mask_c = offs_c < C
+    mask_d = offs_d < CK
+    k = tl.load(Q + ((b * T + tk) * HW + offs_n[:, None]) * CK + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    # The centre slot of the output is x itself.
+    dx = tl.load(DOUT + b * stride_ob + (tk * TIME_DIM + HALF) * stride_ot + offs_n[:, None] + offs_c[None, :] * stride_oc,
+                 mask=mask_n[:, None] & mask_c[None, :], other=0.0).to(ACC)
+    for slot in tl.static_range(TIME_DIM):
+        if slot != HALF:
+            nb = slot if slot < HALF else slot - 1
+            t = tk - (slot - HALF)  # the centre frame that has tk as this neighbour
+            if (t >= 0) & (t < T):
+                dz_base = DOUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+                for start_m in range(0, HW, BLOCK_M):
+                    offs_m = start_m + tl.arange(0, BLOCK_M)
+                    mask_m = offs_m < HW
+                    qT = tl.load(Q + ((b * T + t) * HW + offs_m[None, :]) * CK + offs_d[:, None],
+                                 mask=mask_d[:, None] & mask_m[None, :], other=0.0)
+                    row = ((b * T + t) * (TIME_DIM - 1) + nb) * HW + offs_m
+                    lse = tl.load(LSE + row, mask=mask_m, other=0.0)
+                    sT = tl.dot(k, qT, input_precision=PREC, out_dtype=ACC) * scale
+                    pT = tl.exp(tl.where(mask_n[:, None] & mask_m[None, :], sT - lse[None, :], float("-inf")))
+                    dz = tl.load(dz_base + offs_m[:, None] + offs_c[None, :] * stride_oc,
+                                 mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+                    if CONTRASTIVE:
+                        gate = tl.load(GATE + row, mask=mask_m, other=0.0)
+                        dz = (dz.to(ACC) * gate[:, None]).to(DT)
+                    dx = tl.dot(pT.to(DT), dz, dx, input_precision=PREC, out_dtype=ACC)
+    tl.store(DX + b * stride_xb + tk * stride_xt + offs_n[:, None] + offs_c[None, :] * stride_xc, dx.to(DX.dtype.element_ty),
+             mask=mask_n[:, None] & mask_c[None, :])
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
+@triton.jit
+def apm_bwd_dk_kernel(
+    DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DK, DVPHI, DX,
+    scale,
+    T, HW, C, CK,
+    stride_xb, stride_xc, stride_xt,
+    stride_ob, stride_oc, stride_ot,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr, GATE_GRAD_TO_P: tl.constexpr,
+    PREC: tl.constexpr, ONE_C: tl.constexpr, WITH_DX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Key frame t', BLOCK_N positions: dk = scale * sum dS^T q and dvphi = sum P^T dphi,
+    over every pair that uses t' as neighbour and every query block. dP needs all of C, so
+    the channel loop sits inside (a single load when C fits one chunk). When it does
+    (WITH_DX, needs ONE_C), dx = P^T (a dz) comes from the same tiles (FlashAttention-2's
+    fused dK/dV) and the separate dx kernel is skipped."""
+    tl.static_assert(ONE_C or not WITH_DX, "WITH_DX needs all of C in one chunk")
+    HALF: tl.constexpr = TIME_DIM // 2
+    n_n = tl.cdiv(HW, BLOCK_N)
+    pid_n = tl.program_id(0) % n_n
+    pid_bt = tl.program_id(0) // n_n
+    tk = pid_bt % T
+    b = (pid_bt // T).to(tl.int64)
+    ACC = LSE.dtype.element_ty
+    DT = X.dtype.element_ty
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, CKP)
+    offs_cb = tl.arange(0, BLOCK_C)
+    mask_n = offs_n < HW
+    mask_d = offs_d < CK
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    kd_ptrs = ((b * T + tk) * HW + offs_n[:, None]) * CK + offs_d[None, :]
+    k = tl.load(Q + kd_ptrs, mask=mask_nd, other=0.0)
+    if GATE_GRAD_TO_P:
+        vphi = tl.load(VPHI + kd_ptrs, mask=mask_nd, other=0.0).to(DT)
+    v_base = X + b * stride_xb + tk * stride_xt
+    mask_nc = mask_n[:, None] & (offs_cb < C)[None, :]
+    if ONE_C:
+        v = tl.load(v_base + offs_n[:, None] + offs_cb[None, :] * stride_xc, mask=mask_nc, other=0.0)
+    if WITH_DX:  # the centre slot of the output is x itself
+        dx = tl.load(DOUT + b * stride_ob + (tk * TIME_DIM + HALF) * stride_ot + offs_n[:, None] + offs_cb[None, :] * stride_oc,
+                     mask=mask_nc, other=0.0).to(ACC)
+    dk = tl.zeros([BLOCK_N, CKP], dtype=ACC)
+    dvphi = tl.zeros([BLOCK_N, CKP], dtype=ACC)
+    for slot in tl.static_range(TIME_DIM):
+        if slot != HALF:
+            nb = slot if slot < HALF else slot - 1
+            t = tk - (slot - HALF)
+            if (t >= 0) & (t < T):
+                dz_base = DOUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+                for start_m in range(0, HW, BLOCK_M):
+                    offs_m = start_m + tl.arange(0, BLOCK_M)
+                    mask_m = offs_m < HW
+                    mask_md = mask_m[:, None] & mask_d[None, :]
+                    q = tl.load(Q + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :], mask=mask_md, other=0.0)
+                    row = ((b * T + t) * (TIME_DIM - 1) + nb) * HW + offs_m
+                    lse = tl.load(LSE + row, mask=mask_m, other=0.0)
+                    delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
+                    sT = tl.dot(k, tl.trans(q), input_precision=PREC, out_dtype=ACC) * scale
+                    pT = tl.exp(tl.where(mask_n[:, None] & mask_m[None, :], sT - lse[None, :], float("-inf")))
+                    if ONE_C:
+                        dzT = tl.load(dz_base + offs_m[None, :] + offs_cb[:, None] * stride_oc,
+                                      mask=mask_m[None, :] & (offs_cb < C)[:, None], other=0.0)
+                        dpT = tl.dot(v, dzT, input_precision=PREC, out_dtype=ACC)
+                    else:
+                        dpT = tl.zeros([BLOCK_N, BLOCK_M], dtype=ACC)
+                        for start_c in range(0, C, BLOCK_C):
+                            offs_c = start_c + offs_cb
+                            mask_c = offs_c < C
+                            vc = tl.load(v_base + offs_n[:, None] + offs_c[None, :] * stride_xc,
+                                         mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                            dzT = tl.load(dz_base + offs_m[None, :] + offs_c[:, None] * stride_oc,
+                                          mask=mask_m[None, :] & mask_c[:, None], other=0.0)
+                            dpT = tl.dot(vc, dzT, dpT, input_precision=PREC, out_dtype=ACC)
+                    if CONTRASTIVE:
+                        gate = tl.load(GATE + row, mask=mask_m, other=0.0)
+                        dpT = dpT * gate[None, :]
+                        if WITH_DX:
+                            dzT = (dzT.to(ACC) * gate[None, :]).to(DT)
+                    if WITH_DX:
+                        dx = tl.dot(pT.to(DT), tl.trans(dzT), dx, input_precision=PREC, out_dtype=ACC)
+                    if CONTRASTIVE:
+                        dphi = tl.load(DPHI + row[:, None] * CK + offs_d[None, :], mask=mask_md, other=0.0).to(DT)
+                        dvphi = tl.dot(pT.to(DT), dphi, dvphi, input_precision=PREC, out_dtype=ACC)
+                        if GATE_GRAD_TO_P:
+                            # Undetached gate: phi(y) = P vphi also sends gradient into P.
+                            dpT = tl.dot(vphi, tl.trans(dphi), dpT, input_precision=PREC, out_dtype=ACC)
+                    dsT = pT * (dpT - delta[None, :])
+                    dk = tl.dot(dsT.to(DT), q.to(DT), dk, input_precision=PREC, out_dtype=ACC)
+    tl.store(DK + kd_ptrs, dk * scale, mask=mask_nd)
+    if CONTRASTIVE:
+        tl.store(DVPHI + kd_ptrs, dvphi.to(DVPHI.dtype.element_ty), mask=mask_nd)
+    if WITH_DX:
+        tl.store(DX + b * stride_xb + tk * stride_xt + offs_n[:, None] + offs_cb[None, :] * stride_xc,
+                 dx.to(DX.dtype.element_ty), mask=mask_nc)
+
+
+@triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
+@triton.jit
+def apm_bwd_dq_kernel(
+    DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DQ,
+    scale,
+    T, HW, C, CK,
+    stride_xb, stride_xc, stride_xt,
+    stride_ob, stride_oc, stride_ot,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr, GATE_GRAD_TO_P: tl.constexpr,
+    PREC: tl.constexpr, ONE_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Centre frame t, BLOCK_M positions: dq = scale * sum over its neighbours and key blocks
+    of dS k, with dS = P (dP - delta) recomputed tile by tile."""
+    HALF: tl.constexpr = TIME_DIM // 2
+    n_m = tl.cdiv(HW, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    pid_bt = tl.program_id(0) // n_m
+    t = pid_bt % T
+    b = (pid_bt // T).to(tl.int64)
+    ACC = LSE.dtype.element_ty
+    DT = X.dtype.element_ty
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, CKP)
+    offs_cb = tl.arange(0, BLOCK_C)
+    mask_m = offs_m < HW
+    mask_d = offs_d < CK
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    qd_ptrs = ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :]
+    q = tl.load(Q + qd_ptrs, mask=mask_md, other=0.0)
+    dq = tl.zeros([BLOCK_M, CKP], dtype=ACC)
+    for slot in tl.static_range(TIME_DIM):
+        if slot != HALF:
+            nb = slot if slot < HALF else slot - 1
+            src = t + (slot - HALF)
+            if (src >= 0) & (src < T):
+                row = ((b * T + t) * (TIME_DIM - 1) + nb) * HW + offs_m
+                lse = tl.load(LSE + row, mask=mask_m, other=0.0)
+                delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
+                dz_base = DOUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+                v_base = X + b * stride_xb + src * stride_xt
+                if CONTRASTIVE:
+                    gate = tl.load(GATE + row, mask=mask_m, other=0.0)
+                    if GATE_GRAD_TO_P:
+                        dphi = tl.load(DPHI + row[:, None] * CK + offs_d[None, :], mask=mask_md, other=0.0).to(DT)
+                if ONE_C:
+                    dz = tl.load(dz_base + offs_m[:, None] + offs_cb[None, :] * stride_oc,
+                                 mask=mask_m[:, None] & (offs_cb < C)[None, :], other=0.0)
+                for start_n in range(0, HW, BLOCK_N):
+                    offs_n = start_n + tl.arange(0, BLOCK_N)
+                    mask_n = offs_n < HW
+                    mask_nd = mask_n[:, None] & mask_d[None, :]
+                    k = tl.load(Q + ((b * T + src) * HW + offs_n[:, None]) * CK + offs_d[None, :], mask=mask_nd, other=0.0)
+                    s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * scale
+                    p = tl.exp(tl.where(mask_m[:, None] & mask_n[None, :], s - lse[:, None], float("-inf")))
+                    if ONE_C:
+                        vT = tl.load(v_base + offs_n[None, :] + offs_cb[:, None] * stride_xc,
+                                     mask=mask_n[None, :] & (offs_cb < C)[:, None], other=0.0)
+                        dp = tl.dot(dz, vT, input_precision=PREC, out_dtype=ACC)
+                    else:
+                        dp = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+                        for start_c in range(0, C, BLOCK_C):
+                            offs_c = start_c + offs_cb
+                            mask_c = offs_c < C
+                            dzc = tl.load(dz_base + offs_m[:, None] + offs_c[None, :] * stride_oc,
+                                          mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+                            vT = tl.load(v_base + offs_n[None, :] + offs_c[:, None] * stride_xc,
+                                         mask=mask_n[None, :] & mask_c[:, None], other=0.0)
+                            dp = tl.dot(dzc, vT, dp, input_precision=PREC, out_dtype=ACC)
+                    if CONTRASTIVE:
+                        dp = dp * gate[:, None]
+                        if GATE_GRAD_TO_P:
+                            vphi = tl.load(VPHI + ((b * T + src) * HW + offs_n[:, None]) * CK + offs_d[None, :],
+                                           mask=mask_nd, other=0.0).to(DT)
+                            dp = tl.dot(dphi, tl.trans(vphi), dp, input_precision=PREC, out_dtype=ACC)
+                    ds = p * (dp - delta[:, None])
+                    dq = tl.dot(ds.to(DT), k.to(DT), dq, input_precision=PREC, out_dtype=ACC)
+    tl.store(DQ + qd_ptrs, dq * scale, mask=mask_md)

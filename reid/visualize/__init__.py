@@ -1,0 +1,1 @@
+"""Pictures of what a trained network does: ``python -m reid.visualize <subcommand> ...``."""
