@@ -15,7 +15,7 @@ __all__ = ["add_dataset_arguments", "dataset_options"]
 
 _SYNTHETIC_FLAGS = (("num_train_ids", int), ("num_test_ids", int), ("num_cameras", int), ("min_frames", int),
                     ("max_frames", int), ("height", int), ("width", int), ("misalignment", float), ("seed", int),
-                    ("occlusion_prob", float), ("pose_amplitude", float))
+                    ("occlusion_prob", float), ("pose_amplitude", float), ("palette", int))
 
 
 class _DeprecatedAlias(argparse.Action):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Garment", "Appearance", "sample_appearance", "garment_texture"]
+__all__ = ["Garment", "Appearance", "sample_appearance", "garment_texture", "PALETTE"]
 
 PATTERNS = ("solid", "solid", "hstripes", "vstripes", "checks", "dots", "two_tone", "logo")
 LOWER_PATTERNS = ("solid", "solid", "solid", "jeans", "hstripes", "checks")
@@ -22,8 +22,18 @@ SKIN_TONES = ((255, 219, 180), (241, 194, 150), (224, 172, 130), (198, 134, 96),
 HAIR_COLOURS = ((20, 16, 14), (60, 40, 25), (110, 75, 40), (180, 140, 80), (200, 190, 170), (120, 30, 20))
 
 
-def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A clothing colour: a third neutral (black, white, greys), the rest saturated hues."""
+# The `palette` option's colours, in order: palette=K draws every colour (clothes, hat, shoes,
+# bag, scarf, belt) from the first K, so many identities share their clothing colours, as
+# crowds in dark coats or team shirts do. Ordered from the commonest real clothing colours.
+PALETTE = ((25, 25, 28), (235, 235, 232), (120, 120, 125), (40, 55, 120), (170, 30, 35), (60, 110, 60),
+           (200, 180, 140), (110, 70, 40), (220, 200, 40), (90, 140, 200), (210, 110, 160), (230, 120, 30))
+
+
+def _colour(rng: np.random.Generator, palette: tuple = ()) -> tuple[int, int, int]:
+    """A clothing colour: a third neutral (black, white, greys), the rest saturated hues; with a
+    palette, one of its colours."""
+    if palette:
+        return tuple(palette[int(rng.integers(len(palette)))])
     if rng.random() < 0.33:
         v = float(rng.choice([0.08, 0.2, 0.4, 0.6, 0.85, 0.97]))
         h, s = float(rng.random()), float(rng.uniform(0.0, 0.12))
@@ -33,7 +43,11 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _distinct(rng: np.random.Generator, other: tuple[int, int, int]) -> tuple[int, int, int]:
+def _distinct(rng: np.random.Generator, other: tuple[int, int, int], palette: tuple = ()) -> tuple[int, int, int]:
+    if palette:  # another palette colour (any one if `other` is not in the palette, e.g. jeans blue)
+        if len(palette) == 1 or other not in palette:
+            return tuple(palette[int(rng.integers(len(palette)))])
+        return tuple(palette[(palette.index(other) + 1 + int(rng.integers(len(palette) - 1))) % len(palette)])
     for _ in range(20):
         c = _colour(rng)
         if sum(abs(a - b) for a, b in zip(c, other)) > 150:
@@ -74,9 +88,16 @@ class Appearance:
     stride: float                # leg swing amplitude (radians) at full pose amplitude
 
 
-def sample_appearance(rng: np.random.Generator) -> Appearance:
-    upper_c1 = _colour(rng)
-    lower_c1 = _colour(rng)
+def sample_appearance(rng: np.random.Generator, palette: int = 0) -> Appearance:
+    """One identity's look. palette=0: continuous colours (the default); K > 0: colours from
+    PALETTE[:K] only; patterns, hair, build, bags etc. keep their distributions. palette=0 draws
+    exactly the default set's identities."""
+    if not 0 <= palette <= len(PALETTE):
+        raise ValueError(f"palette must be in [0, {len(PALETTE)}], got {palette!r}")
+    pal = PALETTE[:palette]
+    colour = lambda: _colour(rng, pal)  # noqa: E731
+    upper_c1 = colour()
+    lower_c1 = colour()
     lower_pattern = str(rng.choice(LOWER_PATTERNS))
     if lower_pattern == "jeans":
         lower_c1 = (int(rng.integers(30, 80)), int(rng.integers(50, 100)), int(rng.integers(110, 170)))
@@ -84,16 +105,16 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         skin=SKIN_TONES[int(rng.integers(len(SKIN_TONES)))],
         hair=HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))],
         hair_style=str(rng.choice(HAIR_STYLES)),
-        hat=_colour(rng),
-        upper=Garment(upper_c1, _distinct(rng, upper_c1), str(rng.choice(PATTERNS)), int(rng.integers(8, 20))),
+        hat=colour(),
+        upper=Garment(upper_c1, _distinct(rng, upper_c1, pal), str(rng.choice(PATTERNS)), int(rng.integers(8, 20))),
         sleeves="long" if rng.random() < 0.6 else "short",
         lower_kind=str(rng.choice(["trousers", "trousers", "trousers", "shorts", "skirt"])),
-        lower=Garment(lower_c1, _distinct(rng, lower_c1), lower_pattern, int(rng.integers(8, 18))),
-        shoes=_colour(rng) if rng.random() < 0.5 else (int(rng.integers(10, 60)),) * 3,
+        lower=Garment(lower_c1, _distinct(rng, lower_c1, pal), lower_pattern, int(rng.integers(8, 18))),
+        shoes=colour() if rng.random() < 0.5 else (int(rng.integers(10, 60)),) * 3,
         accessory=str(rng.choice(ACCESSORIES)),
-        accessory_colour=_colour(rng),
-        scarf=_colour(rng) if rng.random() < 0.15 else None,
-        belt=_colour(rng) if rng.random() < 0.25 else None,
+        accessory_colour=colour(),
+        scarf=colour() if rng.random() < 0.15 else None,
+        belt=colour() if rng.random() < 0.25 else None,
         height=float(rng.uniform(0.90, 0.96)),
         head=float(rng.uniform(0.125, 0.15)),
         legs=float(rng.uniform(0.45, 0.51)),

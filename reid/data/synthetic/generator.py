@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .appearance import garment_texture, sample_appearance
+from .appearance import PALETTE, garment_texture, sample_appearance
 from .render import SCENES, SUPERSAMPLE, Camera, Occluder, draw_occluder, draw_person, make_camera
 
 __all__ = ["SyntheticConfig", "generate_synthetic", "ensure_synthetic", "default_cache_dir",
@@ -36,6 +36,7 @@ GENERATOR_VERSION = 3
 MANIFEST = "manifest.json"
 ANNOTATIONS = "annotations.json"
 _SPLIT_CODE = {"train": 1, "test": 2}
+_LATER_OPTIONS = {"palette": 0}   # option -> the value that reproduces the sets made before it existed
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,20 @@ class SyntheticConfig:
     shift_jitter: Optional[float] = None     # std of the box centre offset, fraction of box size
     pose_amplitude: Optional[float] = None   # walking motion, 0 (still) .. 1 (full stride)
     occlusion_prob: Optional[float] = None   # share of tracklets with an occluder
+    # Look-alikes: 0 = continuous clothing colours; K = every colour from K shared ones (appearance.PALETTE).
+    palette: int = 0
 
     def __post_init__(self):
         ints = {"num_train_ids": 0, "num_test_ids": 0, "num_cameras": 2, "min_cameras": 2, "min_frames": 1,
-                "max_frames": 1, "height": 16, "width": 8, "seed": 0, "tracklets_per_camera": 1}
+                "max_frames": 1, "height": 16, "width": 8, "seed": 0, "tracklets_per_camera": 1,
+                "palette": 0}
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"synthetic option {name} must be an integer >= {low}, got {v!r}")
+        if self.palette > len(PALETTE):
+            raise ValueError(f"synthetic option palette must be an integer in [0, {len(PALETTE)}] "
+                             f"(0 = continuous colours), got {self.palette!r}")
         if self.min_cameras > self.num_cameras:
             raise ValueError(f"synthetic option min_cameras ({self.min_cameras}) must be <= num_cameras "
                              f"({self.num_cameras})")
@@ -102,7 +109,10 @@ class SyntheticConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
+        # Options added after a version leave the key of a set that does not use them unchanged,
+        # so existing caches stay valid.
+        options = {k: v for k, v in self.to_dict().items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
+        blob = json.dumps({"version": GENERATOR_VERSION, **options}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -258,7 +268,7 @@ def _plan_identity(cfg: SyntheticConfig, split: str, pid: int):
 def _render_identity(args):
     cfg_dict, split, pid, out_dir = args
     cfg = SyntheticConfig(**cfg_dict)
-    app = sample_appearance(np.random.default_rng([cfg.seed, _SPLIT_CODE[split], pid, 0]))
+    app = sample_appearance(np.random.default_rng([cfg.seed, _SPLIT_CODE[split], pid, 0]), cfg.palette)
     textures = _identity_textures(cfg, app, np.random.default_rng([cfg.seed, _SPLIT_CODE[split], pid, 2]))
     plan, query_cam = _plan_identity(cfg, split, pid)
     anns, frames_written = {}, 0
