@@ -50,7 +50,11 @@ step() {
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
   echo "=== [$name] (limit ${limit}s): $*"
-  timeout --signal=INT --kill-after=15 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  if [ "$(type -t "$1")" = function ]; then  # timeout runs programs, not shell functions
+    timeout --signal=INT --kill-after=15 "$limit" bash -c "$(declare -f "$1"); PY=$PY; $*" >"$LOGS/$name.log" 2>&1
+  else
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  fi
   local rc=$? dt=$(( $(date +%s) - t0 ))
   tail -n 25 "$LOGS/$name.log"
   if [ $rc -eq 0 ]; then
