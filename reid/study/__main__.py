@@ -26,9 +26,10 @@ def _option(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reid.study", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="study", required=True, metavar="STUDY")
-    m = sub.add_parser("misalignment", help="networks x misalignment levels x seeds on the synthetic study preset")
+    m = sub.add_parser("misalignment", allow_abbrev=False, help="networks x misalignment levels x seeds on the synthetic study preset")
     m.add_argument("--out", default="runs/study_misalignment", help="study directory (cells, pretraining, outputs)")
     m.add_argument("--budget", default="laptop", choices=sorted(BUDGETS),
                    help="laptop: ResNet-18 on CPU; full: ResNet-50 on a GPU [default: laptop]")

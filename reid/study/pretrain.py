@@ -58,7 +58,7 @@ def convert_checkpoint(checkpoint: str, out_path: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reid.study.pretrain",
+    p = argparse.ArgumentParser(prog="python -m reid.study.pretrain", allow_abbrev=False,
                                 description="Convert a C2D reid.train checkpoint to a torchvision 2D ResNet state dict.")
     p.add_argument("checkpoint", help="checkpoint_last.pth or model_best.pth of a c2d_* run")
     p.add_argument("out", help="output .pth (torchvision names; loads with reid.train --pretrained)")
