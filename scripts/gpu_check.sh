@@ -33,14 +33,14 @@ FAILED=0
 if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu  # no TRITON_INTERPRET: the interpreter would put a (very slow) Triton row into the CPU bench
   BENCH_APM_ARGS=(--device cpu --no-sweep --no-flex --repeats 1 --warmup 1 --batch 2)
-  BENCH_MODEL_ARGS=(--device cpu --quick)
+  BENCH_MODEL_ARGS=(--device cpu --quick --data-steps 0 --archs C2D,AP3D)
   TRAIN_ARGS=(--device cpu --amp none --epochs 1 --iters-per-epoch 2 --threads 2
               --dataset-option num_train_ids=8 --dataset-option num_test_ids=6 --dataset-option max_frames=24)
   PYTEST_MARK="gpu"
 else
   DEVICE=cuda
   BENCH_APM_ARGS=(--device cuda)
-  BENCH_MODEL_ARGS=(--device cuda)
+  BENCH_MODEL_ARGS=(--device cuda --compile off)  # compile: minutes per network, not in a 6-minute check
   TRAIN_ARGS=(--device cuda --amp bf16 --epochs 2 --num-workers 8)
   PYTEST_MARK="gpu or triton"
 fi
