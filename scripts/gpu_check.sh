@@ -104,7 +104,7 @@ step train 240 "$PY" -m reid.train "${TRAIN_ARGS[@]}" --output-dir "$OUT_DIR/tra
   printf '%s\n' "${SUMMARY[@]}"
   echo
   if [ -f "$LOGS/tests.log" ]; then
-    echo "tests: $(grep -E '(passed|failed|error|no tests ran)' "$LOGS/tests.log" | tail -n 1)"
+    echo "tests: $(grep -E '(passed|failed|skipped|error|no tests ran)' "$LOGS/tests.log" | tail -n 1)"
   fi
   for md in "$OUT_DIR"/apm_*.md "$OUT_DIR"/model_*.md; do
     [ -f "$md" ] || continue
