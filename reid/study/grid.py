@@ -19,18 +19,22 @@ __all__ = ["STUDY_PRESET", "PRETRAIN_DATA", "Budget", "BUDGETS", "Cell", "Study"
            "format_level"]
 
 # The study set (on top of the synthetic defaults): harder than the default, so that the aligned
-# C2D baseline stays below the ceiling and temporal modelling has room to matter.
-#   palette=6       every clothing colour is one of 6 shared ones: many look-alikes in colour;
-#                   identities differ by pattern, cut, hair, bags and build only;
-#   64x32 frames    a quarter of the default's pixels: patterns and accessories are hard to see;
-#   100 train ids   fewer identities to learn from;
-#   300 test ids    a gallery of ~450 tracklets of look-alikes: more distractors per query;
-#   4-8 frames      short tracklets (default 8-48): little evidence per tracklet, and few frames
-#                   to extract at test time (the laptop budget's dominant cost).
-# (A pilot with 100 test ids and 8-16 frames gave the aligned C2D 93.9% mAP: too easy.)
+# C2D baseline stays well below the ceiling and temporal modelling has room to matter.
+#   palette=3           every clothing colour is one of 3 shared ones (black, white, grey): many
+#                       look-alikes; identities differ by pattern, cut, hair, bags and build only;
+#   occlusion_prob=0.6  at every level, 60% of tracklets have an occluder (a pole, a bench, a
+#                       passer-by) for part of the tracklet. Held fixed, so the study's variable is
+#                       the *spatial* misalignment APM addresses (box scale/shift jitter, pose);
+#                       frames of one tracklet then differ even when aligned, as in real video;
+#   64x32 frames        a quarter of the default's pixels: patterns and accessories are hard to see;
+#   100 train ids       fewer identities to learn from;
+#   600 test ids        a gallery of ~900 tracklets of look-alikes: many distractors per query;
+#   4-8 frames          short tracklets (default 8-48): little evidence per tracklet.
+# Pilots (C2D, misalignment 0, 20 epochs, the first preset's backbone) are in README: aligned
+# without occluders the C2D reaches 93-95% mAP whatever the palette, resolution or gallery size.
 # The misalignment level is the study's variable and is set per cell.
-STUDY_PRESET = {"palette": 6, "height": 64, "width": 32, "num_train_ids": 100, "num_test_ids": 300,
-                "min_frames": 4, "max_frames": 8}
+STUDY_PRESET = {"palette": 3, "occlusion_prob": 0.6, "height": 64, "width": 32, "num_train_ids": 100,
+                "num_test_ids": 600, "min_frames": 4, "max_frames": 8}
 
 # The pretraining set: the same kind of data drawn with another seed (a disjoint population of
 # identities, as ImageNet is disjoint from MARS), at a middle misalignment level, with more
@@ -85,8 +89,8 @@ class Budget:
 
 def _laptop() -> Budget:
     return Budget(name="laptop", backbone="resnet18", networks=("c2d", "i3d", "p3d_c", "ap_i3d", "ap3d"),
-                  levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=3, milestones=(2,), pretrain_epochs=4,
-                  pretrain_milestones=(3,), height=64, width=32, device="cpu",
+                  levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=20, milestones=(15,), pretrain_epochs=12,
+                  pretrain_milestones=(9,), height=64, width=32, device="cpu",
                   amp="bf16" if native_bf16() else "none", threads=2, num_workers=1, num_instances=2)
 
 
