@@ -97,6 +97,18 @@ def _loader_kwargs(num_workers, pin_memory):
     return kw
 
 
+def shutdown_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent worker processes now (a no-op without workers). Left to the
+    garbage collector, they are joined whenever it happens to run: a Trainer sits in a reference
+    cycle with its hooks, and a collection that fires inside a later import (matplotlib's, for the
+    run's plots) waits out the join's 5-s timeout once per worker while the workers, never told to
+    stop, wait on their queues. Uses DataLoader's own shutdown (private; no public one exists)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
 def sampling_notes(tracklets: Sequence[Tracklet], seq_len: int, stride: int, num_instances: int,
                    sampling: str = "random") -> list[tuple[int, str]]:
     """(logging level, message) for every way the data cannot give what the settings ask for.

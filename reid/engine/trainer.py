@@ -294,6 +294,9 @@ class Trainer:
             if self.completed:
                 raise
             _log().warning(f"while stopping, TensorBoard failed: {type(exc).__name__}: {exc}")
+        from reid.data import shutdown_loader
+
+        shutdown_loader(self.loader)  # now, not whenever the garbage collector frees this trainer
 
 
 def train(cfg: Config, info: Optional[du.DistInfo] = None) -> Optional[dict]:

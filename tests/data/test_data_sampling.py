@@ -12,7 +12,7 @@ from data_fakes import make_folder, write_image
 from reid.data import (ClipTransform, IMAGENET_MEAN, IMAGENET_STD, RandomIdentityBatchSampler, Tracklet,
                        build_dataset, build_test_loader, build_train_loader, evenly_spaced,
                        report_skipped_frames, reset_skipped_frames, skipped_frames, temporal_random_crop,
-                       clip_ranges)
+                       clip_ranges, shutdown_loader)
 
 
 # ---------------------------------------------------------------- temporal
@@ -223,6 +223,21 @@ def test_train_loader_is_reproducible_across_worker_counts(coded_tracklets):
 
     a, b = epoch(0), epoch(2)
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_shutdown_loader_stops_persistent_workers_left_mid_epoch(coded_tracklets):
+    """A training epoch stops after steps_per_epoch batches, leaving persistent workers alive;
+    shutdown_loader ends them at once instead of whenever the garbage collector runs."""
+    loader = build_train_loader(coded_tracklets, seq_len=4, stride=8, height=16, width=8, num_identities=4,
+                                num_instances=2, num_workers=2, seed=0)
+    loader.batch_sampler.set_epoch(0)
+    next(iter(loader))
+    workers = list(loader._iterator._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    shutdown_loader(loader)
+    assert not any(w.is_alive() for w in workers)
+    shutdown_loader(loader)  # twice, and on a loader without workers: no-ops
+    shutdown_loader(build_test_loader(coded_tracklets, clip_len=8, height=16, width=8, num_workers=0))
 
 
 def test_test_loader_yields_every_frame_exactly_once_in_same_length_batches(coded_tracklets):

@@ -185,3 +185,18 @@ def test_fp16_without_cuda_is_refused_with_the_flag_named(tiny_config, tmp_path)
         pytest.skip("fp16 is allowed on CUDA")
     with pytest.raises(ValueError, match="amp: got 'fp16', which needs a CUDA device"):
         train(tiny_config(tmp_path, amp="fp16"))
+
+
+def test_training_stops_its_loader_workers_when_it_ends(tiny_config, tmp_path):
+    """The trainer stops its data-loader workers itself: left to the garbage collector, their join
+    happened during the plots' matplotlib import and cost the default run 10 s of waiting."""
+    import gc
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    gc.disable()  # no collection may do the trainer's work here
+    try:
+        train(tiny_config(tmp_path, epochs=1, num_workers=1))
+        assert set(multiprocessing.active_children()) <= before
+    finally:
+        gc.enable()
