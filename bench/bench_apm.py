@@ -33,20 +33,18 @@ Results: printed, and written to bench/results/apm_<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import describe_machine, machine_facts, sync, time_runs, write_results  # noqa: E402
 
 from ap3d_kernels import apm, apm_backward_flops, apm_forward_flops, apm_reference, available_backends  # noqa: E402
 from ap3d_kernels.reference import neighbour_offsets  # noqa: E402
@@ -135,26 +133,6 @@ def sdpa_backend_name(device, dtype, C, HW):
 # ------------------------------------------------------------------------------------------------
 # Measurement helpers
 # ------------------------------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_runs(fn, device, warmup, repeats):
-    """(min, median) wall time of fn over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
-
-
 def peak_extra_bytes(fn, device):
     """Peak of live allocations during fn() above the level before it (bytes)."""
     if device.type == "cuda":
@@ -271,14 +249,9 @@ def main(argv=None):
     T = args.frames
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     impls = implementations(device, flex=not args.no_flex)
-    load_start = os.getloadavg()
 
     meta = {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        **machine_facts(device),  # date, commit, CPU model + ISA flags, threads, versions, load average
         "batch": B,
         "frames": T,
         "time_dim": 3,
@@ -300,7 +273,7 @@ def main(argv=None):
     # Measured again at the end; the higher rate is kept (interference only lowers it).
     meta["gemm_gflops"] = {str(dt).replace("torch.", ""): gemm_rate(device, dt, n) / 1e9 for dt in dtypes}
     print(f"# APM benchmark on {device} ({meta.get('gpu', meta['cpu'])}), torch {torch.__version__}, "
-          f"{meta['threads']} threads, load {load_start[0]:.2f}")
+          f"{meta['threads']} threads, load {meta['load_avg_start'][0]:.2f}")
     for dt, r in meta["gemm_gflops"].items():
         print(f"# {dt} GEMM (torch.mm {n}x{n}): {r:.1f} GFLOP/s")
 
@@ -365,18 +338,12 @@ def main(argv=None):
         meta["gemm_gflops"][key] = max(meta["gemm_gflops"][key], gemm_rate(device, dt, n) / 1e9)
     for r in rows:
         r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][r["dtype"]]
-    meta["load_avg_start"] = load_start
-    meta["load_avg_end"] = os.getloadavg()
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"apm_{device.type}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows, "sweep": sweep}, f, indent=2)
+    meta["load_avg_end"] = list(os.getloadavg())
     md = render_markdown(meta, rows, sweep)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
+    paths = write_results(os.path.join(args.out_dir, f"apm_{device.type}"), {"meta": meta, "rows": rows, "sweep": sweep}, md)
     print()
     print(md)
-    print(f"written: {stem}.json, {stem}.md")
+    print(f"written: {', '.join(paths)}")
 
 
 def _fmt(value, spec, suffix=""):
@@ -388,9 +355,9 @@ def render_markdown(meta, rows, sweep):
     lines = [
         f"# APM benchmark: {meta['device']} ({meta.get('gpu', meta['cpu'])})",
         "",
-        f"{meta['date_utc']}, torch {meta['torch']}, {meta['threads']} threads, B={meta['batch']} clips x "
-        f"T={meta['frames']} frames, time_dim 3, contrastive gate on; {meta['timing']}. "
-        f"Load average {meta['load_avg_start'][0]:.2f} at start, {meta['load_avg_end'][0]:.2f} at end.",
+        describe_machine(meta) + ".",
+        "",
+        f"B={meta['batch']} clips x T={meta['frames']} frames, time_dim 3, contrastive gate on; {meta['timing']}.",
         "",
         "GEMM rate (large torch.mm): "
         + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in meta["gemm_gflops"].items())
