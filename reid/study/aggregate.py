@@ -10,9 +10,14 @@ from typing import Optional
 from .grid import Study, format_level
 from .runner import cell_record
 
-__all__ = ["aggregate", "write_outputs", "format_table"]
+__all__ = ["aggregate", "paired_contrasts", "write_outputs", "format_table", "CONTRASTS"]
 
 METRICS = ("rank1", "mAP")
+
+# The comparisons that test the paper's claim, as (network, baseline): APM added to the same 3D
+# network, then each temporal network against C2D.
+CONTRASTS = (("ap3d", "p3d_c"), ("ap_i3d", "i3d"), ("ap3d", "c2d"), ("p3d_c", "c2d"), ("ap_i3d", "c2d"),
+             ("i3d", "c2d"))
 
 
 def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -21,6 +26,43 @@ def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std
+
+
+def _t_quantile_975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_contrasts(study: Study, metric: str = "mAP") -> list[dict]:
+    """Per contrast (network - baseline) and level: the difference of `metric` within each seed
+    whose two cells both finished, its mean, sample std and 95 % confidence interval (Student t,
+    n - 1 degrees of freedom). Cells of one seed share the pretrained backbone, the head's
+    initialisation and the data order, so differences within a seed are paired: their spread is
+    far smaller than the spread of either network's scores over seeds."""
+    results: dict = {}
+    for cell in study.cells:
+        if cell.done:
+            with open(cell.results_path) as fh:
+                results[(cell.network, cell.level, cell.seed)] = 100.0 * json.load(fh)["metrics"][metric]
+    arch = {c.network.rsplit("_", 1)[0]: c.network for c in study.cells}  # "ap3d" -> "ap3d_resnet18"
+    out = []
+    for net, base in CONTRASTS:
+        if net not in arch or base not in arch:
+            continue
+        for level in study.budget.levels:
+            level = float(level)
+            seeds = [s for s in study.budget.seeds
+                     if (arch[net], level, s) in results and (arch[base], level, s) in results]
+            if not seeds:
+                continue
+            diffs = [results[arch[net], level, s] - results[arch[base], level, s] for s in seeds]
+            mean, std = _mean_std(diffs)
+            half = _t_quantile_975(len(diffs) - 1) * std / math.sqrt(len(diffs)) if std is not None else None
+            out.append({"network": arch[net], "baseline": arch[base], "misalignment": level, "metric": metric,
+                        "seeds": seeds, "differences": diffs, "mean": mean, "std": std,
+                        "ci95": None if half is None else [mean - half, mean + half]})
+    return out
 
 
 def aggregate(study: Study) -> dict:
@@ -46,7 +88,7 @@ def aggregate(study: Study) -> dict:
     total = len(study.cells)
     done = sum(c.done for c in study.cells)
     return {"budget": study.budget.name, "cells_done": done, "cells_total": total, "rows": rows,
-            "pretrain_done": study.pretrain.done}
+            "contrasts": paired_contrasts(study), "pretrain_done": study.pretrain.done}
 
 
 def _pm(stat: dict) -> str:
@@ -62,17 +104,33 @@ def format_table(summary: dict) -> str:
         rel = "-" if r["temporal_relative_norm"] is None else f"{r['temporal_relative_norm']:.3f}"
         lines.append(f"| {r['network']} | {format_level(r['misalignment'])} | {r['n']} | {_pm(r['rank1'])} | "
                      f"{_pm(r['mAP'])} | {rel} |")
+    if summary.get("contrasts"):
+        lines += ["", "Paired differences of mAP (points), network minus baseline within each seed (same backbone, "
+                  "head initialisation and data order); 95 % CI from Student's t over the seeds.", "",
+                  "| network - baseline | misalignment | n | per seed | mean ± std | 95 % CI |",
+                  "|---|---:|---:|---|---:|---:|"]
+        for c in summary["contrasts"]:
+            per_seed = ", ".join(f"{d:+.2f}" for d in c["differences"])
+            pm = f"{c['mean']:+.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "")
+            ci = "-" if c["ci95"] is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+            lines.append(f"| {c['network']} - {c['baseline']} | {format_level(c['misalignment'])} | "
+                         f"{len(c['seeds'])} | {per_seed} | {pm} | {ci} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict, path: str) -> Optional[str]:
-    """mAP vs misalignment, one line per network, error bars = std over seeds."""
+    """Left: mAP vs misalignment, one line per network, error bars = std over seeds. Right (when
+    seeds are paired): what APM adds to the same 3D network, mean paired difference with its 95 % CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    apm_contrasts = [c for c in summary.get("contrasts", []) if c["network"].startswith("ap")
+                     and not c["baseline"].startswith("c2d")]
+    fig, axes = plt.subplots(1, 2 if apm_contrasts else 1, figsize=(11 if apm_contrasts else 6, 4.2), dpi=120,
+                             squeeze=False)
+    ax = axes[0][0]
     by_net: dict = defaultdict(list)
     for r in summary["rows"]:
         by_net[r["network"]].append(r)
@@ -89,6 +147,24 @@ def plot(summary: dict, path: str) -> Optional[str]:
                  f"{summary['cells_done']}/{summary['cells_total']} cells")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if apm_contrasts:
+        ax = axes[0][1]
+        by_pair: dict = defaultdict(list)
+        for c in apm_contrasts:
+            by_pair[(c["network"], c["baseline"])].append(c)
+        for k, ((net, base), cs) in enumerate(by_pair.items()):
+            cs.sort(key=lambda c: c["misalignment"])
+            x = [c["misalignment"] + (k - (len(by_pair) - 1) / 2) * 0.015 for c in cs]
+            y = [c["mean"] for c in cs]
+            lo = [c["mean"] - c["ci95"][0] if c["ci95"] else 0.0 for c in cs]
+            hi = [c["ci95"][1] - c["mean"] if c["ci95"] else 0.0 for c in cs]
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=f"{net} - {base}")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("misalignment level of the synthetic set")
+        ax.set_ylabel("paired mAP difference (points)")
+        ax.set_title("What APM adds (same seed; 95 % CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

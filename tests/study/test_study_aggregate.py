@@ -66,3 +66,26 @@ def test_nothing_finished_gives_an_empty_table_and_no_plot(tmp_path):
     s = build_study(str(tmp_path / "s"), BUDGETS["laptop"]())
     paths = write_outputs(s)
     assert "plot" not in paths and "0/45 cells" in open(paths["table"]).read()
+
+
+def test_paired_differences_within_seeds_with_a_t_interval(tmp_path):
+    b = BUDGETS["laptop"]().replace(networks=("c2d", "p3d_c", "ap3d"), levels=(1.0,), seeds=(0, 1, 2))
+    s = build_study(str(tmp_path / "study"), b)
+    cell = {(c.network, c.seed): c for c in s.cells}
+    for seed, (p3d, ap3d) in enumerate([(0.40, 0.42), (0.50, 0.53), (0.45, 0.46)]):
+        _write(cell["p3d_c_resnet18", seed], 0.5, p3d)
+        _write(cell["ap3d_resnet18", seed], 0.5, ap3d)
+    _write(cell["c2d_resnet18", 0], 0.5, 0.41)  # one seed only
+    by = {(c["network"], c["baseline"]): c for c in aggregate(s)["contrasts"]}
+    assert set(by) == {("ap3d_resnet18", "p3d_c_resnet18"), ("ap3d_resnet18", "c2d_resnet18"),
+                       ("p3d_c_resnet18", "c2d_resnet18")}
+    c = by["ap3d_resnet18", "p3d_c_resnet18"]
+    # differences +2, +3, +1 points: mean 2, sample std 1; t(0.975, 2 df) = 4.303 -> half-width 4.303 / sqrt(3)
+    assert c["seeds"] == [0, 1, 2] and c["differences"] == pytest.approx([2.0, 3.0, 1.0])
+    assert c["mean"] == pytest.approx(2.0) and c["std"] == pytest.approx(1.0)
+    assert c["ci95"] == pytest.approx([2.0 - 4.3027 / math.sqrt(3), 2.0 + 4.3027 / math.sqrt(3)], abs=1e-3)
+    c = by["ap3d_resnet18", "c2d_resnet18"]
+    assert c["seeds"] == [0] and c["mean"] == pytest.approx(1.0) and c["std"] is None and c["ci95"] is None
+    table = write_outputs(s, str(tmp_path / "report"))["table"]
+    assert "| ap3d_resnet18 - p3d_c_resnet18 | 1 | 3 | +2.00, +3.00, +1.00 | +2.00 ± 1.00 | [-0.48, +4.48] |" \
+        in open(table).read()
