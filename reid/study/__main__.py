@@ -3,6 +3,7 @@
     python -m reid.study misalignment --out runs/study                 # laptop budget: pretrain, grid, aggregate
     python -m reid.study misalignment --out runs/study --print-commands   # unfinished cells, for a scheduler
     python -m reid.study misalignment --out runs/study --aggregate-only   # table + plot + JSON of finished cells
+    python -m reid.study misalignment --out runs/study --aggregate-only --ablate-temporal   # + temporal weights zeroed
     python -m reid.study misalignment --budget full --out runs/study_gpu  # ResNet-50 grid on a GPU
 
 Exit status: 0 when every cell finished, 1 when a cell failed or an option is bad.
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an option of the pretraining set only")
     m.add_argument("--print-commands", action="store_true", help="print the unfinished steps' commands and exit")
     m.add_argument("--aggregate-only", action="store_true", help="aggregate the finished cells and exit")
+    m.add_argument("--ablate-temporal", action="store_true",
+                   help="before aggregating, evaluate every finished temporal cell again with its temporal weights "
+                        "zeroed (once per cell; reid/study/ablation.py)")
     m.add_argument("--report-dir", help="where the table/plot/JSON go [default: --out]")
     return p
 
@@ -100,6 +104,10 @@ def main(argv=None) -> int:
         except (ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    if args.ablate_temporal:
+        from .ablation import ablate_study
+
+        ablate_study(study)
     paths = write_outputs(study, args.report_dir)
     with open(paths["table"]) as fh:
         print(fh.read())

@@ -7,6 +7,7 @@ import os
 from collections import defaultdict
 from typing import Optional
 
+from .ablation import ablation_record
 from .grid import Study, format_level
 from .runner import cell_record
 
@@ -74,16 +75,21 @@ def aggregate(study: Study) -> dict:
         with open(cell.results_path) as fh:
             result = json.load(fh)
         record = cell_record(cell) or {}
-        groups[(cell.network, cell.level)].append((cell.seed, result["metrics"], record.get("temporal_weights")))
+        groups[(cell.network, cell.level)].append((cell.seed, result["metrics"], record.get("temporal_weights"),
+                                                   ablation_record(cell)))
     rows = []
     order = {n: i for i, n in enumerate(dict.fromkeys(c.network for c in study.cells))}
     for (network, level), items in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
-        row = {"network": network, "misalignment": level, "n": len(items), "seeds": sorted(s for s, _, _ in items)}
+        row = {"network": network, "misalignment": level, "n": len(items), "seeds": sorted(s for s, *_ in items)}
         for metric in METRICS:
-            mean, std = _mean_std([100.0 * m[metric] for _, m, _ in items])
-            row[metric] = {"mean": mean, "std": std, "values": [100.0 * m[metric] for _, m, _ in items]}
-        rel = [tw["relative"] for _, _, tw in items if tw is not None and tw["num_blocks"]]
+            mean, std = _mean_std([100.0 * m[metric] for _, m, _, _ in items])
+            row[metric] = {"mean": mean, "std": std, "values": [100.0 * m[metric] for _, m, _, _ in items]}
+        rel = [tw["relative"] for _, _, tw, _ in items if tw is not None and tw["num_blocks"]]
         row["temporal_relative_norm"] = _mean_std(rel)[0] if rel else None
+        # mAP with the temporal weights zeroed (ablation.py), over the seeds that have it
+        drops = [100.0 * (a["full"]["mAP"] - a["temporal_zeroed"]["mAP"]) for *_, a in items if a is not None]
+        row["temporal_ablation_mAP_drop"] = ({"mean": _mean_std(drops)[0], "std": _mean_std(drops)[1], "n": len(drops)}
+                                             if drops else None)
         rows.append(row)
     total = len(study.cells)
     done = sum(c.done for c in study.cells)
@@ -98,12 +104,15 @@ def _pm(stat: dict) -> str:
 def format_table(summary: dict) -> str:
     lines = [f"Misalignment study ({summary['budget']} budget): {summary['cells_done']}/{summary['cells_total']} "
              "cells finished. Mean ± sample std over n seeds (no ± when n = 1).", "",
-             "| network | misalignment | n | Rank-1 (%) | mAP (%) | temporal / spatial weight norm |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| network | misalignment | n | Rank-1 (%) | mAP (%) | temporal / spatial weight norm "
+             "| mAP lost with temporal weights zeroed (n) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in summary["rows"]:
         rel = "-" if r["temporal_relative_norm"] is None else f"{r['temporal_relative_norm']:.3f}"
+        drop = r.get("temporal_ablation_mAP_drop")
+        drop = "-" if drop is None else f"{_pm(drop)} ({drop['n']})"
         lines.append(f"| {r['network']} | {format_level(r['misalignment'])} | {r['n']} | {_pm(r['rank1'])} | "
-                     f"{_pm(r['mAP'])} | {rel} |")
+                     f"{_pm(r['mAP'])} | {rel} | {drop} |")
     if summary.get("contrasts"):
         lines += ["", "Paired differences of mAP (points), network minus baseline within each seed (same backbone, "
                   "head initialisation and data order); 95 % CI from Student's t over the seeds.", "",

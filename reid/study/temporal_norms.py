@@ -11,7 +11,33 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["temporal_weight_norms"]
+__all__ = ["temporal_weight_norms", "zero_temporal_weights"]
+
+
+def _is_temporal_conv(key: str) -> bool:
+    return key.endswith("temporal_conv3d.weight")
+
+
+def _is_inflated_conv(key: str, w: torch.Tensor) -> bool:
+    return key.endswith("conv3d.weight") and w.dim() == 5 and w.shape[2] > 1 and "spatial" not in key
+
+
+def zero_temporal_weights(state: Mapping[str, torch.Tensor]) -> tuple[dict, int]:
+    """A copy of ``state`` with every temporal weight (as :func:`temporal_weight_norms` defines
+    them) set to zero, and how many tensors that touched. The network then computes what C2D
+    computes with the same spatial weights: its temporal parts are switched off."""
+    out, touched = dict(state), 0
+    for key, w in state.items():
+        if _is_temporal_conv(key):
+            out[key] = torch.zeros_like(w)
+            touched += 1
+        elif _is_inflated_conv(key, w):
+            centre = w.shape[2] // 2
+            kept = torch.zeros_like(w)
+            kept[:, :, centre] = w[:, :, centre]
+            out[key] = kept
+            touched += 1
+    return out, touched
 
 
 def temporal_weight_norms(state: Mapping[str, torch.Tensor]) -> dict:
@@ -26,11 +52,11 @@ def temporal_weight_norms(state: Mapping[str, torch.Tensor]) -> dict:
     """
     blocks = {}
     for key, w in state.items():
-        if key.endswith("temporal_conv3d.weight"):
+        if _is_temporal_conv(key):
             block = key[: -len(".temporal_conv3d.weight")]
             spatial = state.get(block + ".spatial_conv3d.weight")
             blocks[block] = (float(w.float().norm()), float(spatial.float().norm()) if spatial is not None else math.nan)
-        elif key.endswith("conv3d.weight") and w.dim() == 5 and w.shape[2] > 1 and "spatial" not in key:
+        elif _is_inflated_conv(key, w):
             block = key[: -len(".conv3d.weight")]
             centre = w.shape[2] // 2
             taps = torch.cat([w[:, :, :centre], w[:, :, centre + 1:]], dim=2).float()

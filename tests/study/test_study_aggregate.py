@@ -52,7 +52,7 @@ def test_mean_and_sample_std_over_the_finished_seeds(study):
 def test_outputs_table_json_and_plot(study, tmp_path):
     paths = write_outputs(study, str(tmp_path / "report"))
     table = open(paths["table"]).read()
-    assert "| c2d_resnet18 | 0 | 3 | 65.00 ± 5.00 | 54.00 ± 4.00 |" in table
+    assert "| c2d_resnet18 | 0 | 3 | 65.00 ± 5.00 | 54.00 ± 4.00 | - | - |" in table
     assert "| c2d_resnet18 | 1 | 1 | 45.00 | 41.00 |" in table
     assert "6/12 cells" in table
     data = json.load(open(paths["json"]))

@@ -81,6 +81,25 @@ def test_finished_cells_are_skipped_and_a_partial_cell_resumes(finished):
     assert study(out, "--print-commands").stdout.strip() == "# every cell is finished"
 
 
+def test_temporal_ablation_evaluates_each_temporal_cell_once_and_fills_the_table(finished):
+    out, _ = finished
+    run = study(out, "--aggregate-only", "--ablate-temporal")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("[ablation ") == 2  # the two P3D-C cells; C2D has nothing temporal
+    for level in (0, 1):
+        rec = json.load(open(os.path.join(cell_dir(out, "p3d_c", level), "temporal_ablation.json")))
+        assert rec["zeroed_tensors"] == 2 and 0 <= rec["temporal_zeroed"]["mAP"] <= 1
+        assert rec["full"] == {k: v for k, v in json.load(open(os.path.join(cell_dir(out, "p3d_c", level),
+                                                                               "results.json")))["metrics"].items()
+                               if k in ("rank1", "mAP")}
+        assert not os.path.exists(os.path.join(cell_dir(out, "c2d", level), "temporal_ablation.json"))
+    rows = {(r["network"], r["misalignment"]): r for r in json.load(open(os.path.join(out, "misalignment.json")))["rows"]}
+    assert rows["p3d_c_resnet18", 1.0]["temporal_ablation_mAP_drop"]["n"] == 1
+    assert rows["c2d_resnet18", 1.0]["temporal_ablation_mAP_drop"] is None
+    again = study(out, "--aggregate-only", "--ablate-temporal")
+    assert again.returncode == 0 and "[ablation " not in again.stdout  # done once per cell
+
+
 def test_a_study_directory_refuses_a_different_budget(finished):
     out, _ = finished
     run = study(out, "--epochs", "3")

@@ -6,7 +6,7 @@ import torch
 
 from reid.models import build_model, resnet18
 from reid.study.pretrain import c2d_to_torchvision_2d, convert_checkpoint
-from reid.study.temporal_norms import temporal_weight_norms
+from reid.study.temporal_norms import temporal_weight_norms, zero_temporal_weights
 
 
 def test_c2d_converts_to_a_torchvision_resnet_that_inflates_back_to_the_same_backbone():
@@ -84,3 +84,18 @@ def test_a_pretraining_run_done_outside_the_runner_is_converted_before_any_cell(
     _convert_if_needed(s)
     state = torch.load(s.pretrained_path, weights_only=True)
     assert torch.equal(state["layer1.0.conv1.weight"], c2d.state_dict()["layer1.0.conv1.weight"].squeeze(2))
+
+
+@pytest.mark.parametrize("arch", ["p3d_c_resnet18", "i3d_resnet18", "ap3d_resnet18", "ap_i3d_resnet18"])
+def test_zeroing_temporal_weights_leaves_the_spatial_ones(arch):
+    torch.manual_seed(0)
+    state = {k: v + torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in build_model(arch, num_classes=5).state_dict().items()}  # every weight non-zero
+    before = temporal_weight_norms(state)
+    zeroed, touched = zero_temporal_weights(state)
+    after = temporal_weight_norms(zeroed)
+    assert touched == before["num_blocks"] > 0
+    assert before["temporal_norm"] > 0 and after["temporal_norm"] == 0
+    assert after["spatial_norm"] == pytest.approx(before["spatial_norm"])
+    changed = [k for k in state if not torch.equal(state[k], zeroed[k])]
+    assert len(changed) == touched and all(k.endswith("conv3d.weight") for k in changed)
