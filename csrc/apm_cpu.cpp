@@ -58,6 +58,32 @@ at::ScalarType acc_type_for(at::ScalarType t) { return t == at::kDouble ? at::kD
 // P @ V GEMM ([C, HW] x [HW, BM]) stays wide enough for the BLAS micro-kernels.
 int64_t row_block(int64_t HW) { return std::min<int64_t>(HW, 64); }
 
+// bfloat16 inputs on a CPU with native bf16 dot products (AVX512-BF16 or AMX): the three
+// HW x HW x C products (P V forward; dY V^T and dY^T P backward) run as bf16 GEMMs with float32
+// accumulation, as FlashAttention casts P to the input dtype for P V. Elsewhere bf16 GEMMs are
+// emulated and slower than the float32 path, which then stays.
+bool native_bf16_gemm() {
+#if AP3D_HAVE_MULTIVERSION
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t>
+bool use_bf16_gemm() {
+  return std::is_same<scalar_t, at::BFloat16>::value && native_bf16_gemm();
+}
+
+template <typename src_t, typename dst_t>
+void convert(const src_t* src, dst_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
+}
+
 // Runs body(i, i + 1) for every item in [0, n) on all threads. Items are handed out one at a time
 // from a shared counter instead of in fixed equal ranges: when another process takes a core, the
 // other threads take over its share instead of waiting for it. Always inside a parallel region
@@ -123,7 +149,13 @@ void forward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const ac
   const Tensor scratch_t =
       at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
-  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, N, nthreads);
+  const bool bf16 = use_bf16_gemm<scalar_t>();
+  // bf16 GEMMs: per thread, E in bf16 ([bm, HW]) and P @ V in bf16 ([C, bm]); V is read from x.
+  const int64_t per_thread16 = bf16 ? BM * HW + C * BM : 0;
+  const Tensor scratch16_t = at::empty({nthreads * per_thread16}, at::TensorOptions().dtype(
+                                                                     c10::CppTypeToScalarType<scalar_t>::value));
+  scalar_t* const scratch16 = scratch16_t.mutable_data_ptr<scalar_t>();
+  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, bf16 ? 1 : N, bf16 ? 0 : nthreads);  // unused with bf16
   const acc_t log_hw = std::log(static_cast<acc_t>(HW));
 
   parallel_items(B * T * nblk, [&](int64_t begin, int64_t end) {
@@ -133,6 +165,8 @@ void forward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const ac
     acc_t* PHT = YT + C * BM;               // [Ck, bm]: un-normalised P @ vphi, transposed
     acc_t* f = PHT + Ck * BM;               // per-row output factor a / l
     acc_t* inv_l = f + BM;
+    scalar_t* Eb = scratch16 + tid * per_thread16;  // bf16 path only
+    scalar_t* YTb = Eb + BM * HW;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (T * nblk), t = (item / nblk) % T, blk = item % nblk;
       const int64_t i0 = blk * BM, bm = std::min(BM, HW - i0);
@@ -167,7 +201,12 @@ void forward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const ac
         }
         // YT = V^T E^T with V^T = x[b, :, tn] as [C, HW]: the reconstruction in output layout.
         const Tensor ET = view2d(S, HW, bm, 1, HW);
-        mm_into(view2d(YT, C, bm, bm, 1), values.get(tid, b, tn), ET);
+        if (bf16) {
+          convert(S, Eb, bm * HW);
+          mm_into(view2d(YTb, C, bm, bm, 1), values.native(b, tn), view2d(Eb, HW, bm, 1, HW));
+        } else {
+          mm_into(view2d(YT, C, bm, bm, 1), values.get(tid, b, tn), ET);
+        }
         if (contrastive) {
           // phi = P vphi, accumulated beside P @ V: the gate needs no pass over the output.
           mm_into(view2d(PHT, Ck, bm, bm, 1), view2d(VPHI + (b * T + tn) * HW * Ck, Ck, HW, 1, Ck), ET);
@@ -186,9 +225,15 @@ void forward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const ac
         } else {
           std::copy(inv_l, inv_l + bm, f);
         }
-        for_each_cr(os.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
-          o[c * os.sC + r * os.sHW] = static_cast<scalar_t>(YT[c * bm + r] * f[r]);
-        });
+        if (bf16) {
+          for_each_cr(os.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
+            o[c * os.sC + r * os.sHW] = static_cast<scalar_t>(static_cast<acc_t>(YTb[c * bm + r]) * f[r]);
+          });
+        } else {
+          for_each_cr(os.hw_inner(), C, bm, [&](int64_t c, int64_t r) {
+            o[c * os.sC + r * os.sHW] = static_cast<scalar_t>(YT[c * bm + r] * f[r]);
+          });
+        }
       }
     }
   });
@@ -219,7 +264,14 @@ void backward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const a
   const Tensor scratch_t =
       at::empty({nthreads * per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* const scratch = scratch_t.mutable_data_ptr<acc_t>();
-  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, 1, nthreads);
+  const bool bf16 = use_bf16_gemm<scalar_t>();
+  // bf16 GEMMs: per thread, P and dP in bf16 ([bm, HW] each), dY^T in bf16 ([C, bm]) and one
+  // block's dY^T P in bf16 ([C, HW]), added to the float32 dx of the frame.
+  const int64_t per_thread16 = bf16 ? 2 * BM * HW + C * BM + C * HW : 0;
+  const Tensor scratch16_t = at::empty({nthreads * per_thread16}, at::TensorOptions().dtype(
+                                                                     c10::CppTypeToScalarType<scalar_t>::value));
+  scalar_t* const scratch16 = scratch16_t.mutable_data_ptr<scalar_t>();
+  FrameSource<scalar_t, acc_t> values(x, xs, C, HW, 1, bf16 ? 0 : nthreads);  // unused with bf16
 
   parallel_items(B * T, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
@@ -231,9 +283,13 @@ void backward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const a
     acc_t* zd = DQT + BM * Ck;              // [bm] R = sum_c dz * z
     acc_t* delta = zd + BM;                 // [bm] sum_c dy * y (+ dphi . phi)
     acc_t* dxbuf = delta + BM;              // [C, HW] float32 dx of the frame (16-bit x only)
+    scalar_t* Pb = scratch16 + tid * per_thread16;  // bf16 path only
+    scalar_t* dPb = Pb + BM * HW;
+    scalar_t* dYTb = dPb + BM * HW;
+    scalar_t* dXb = dYTb + C * BM;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / T, tn = item % T;
-      const Tensor Xn = values.get(tid, b, tn);
+      const Tensor Xn = bf16 ? values.native(b, tn) : values.get(tid, b, tn);
       // dx of frame tn starts as the gradient of its centre copy in the output.
       const scalar_t* dcentre = dout + ds.frame(b, tn * N + geo.half);
       Tensor dXn;
@@ -298,11 +354,23 @@ void backward_kernel(const Geometry& geo, const scalar_t* x, Strided xs, const a
             std::copy(zd, zd + bm, delta);
           }
           // dP = dY V^T (+ dphi vphi^T when the gate's input is attached), then dS in place.
-          mm_into(dPm, view2d(dYT, bm, C, 1, bm), Xn);
+          if (bf16) {
+            convert(dYT, dYTb, C * bm);
+            mm_into(view2d(dPb, bm, HW, HW, 1), view2d(dYTb, bm, C, 1, bm), Xn);
+            convert(dPb, dP, bm * HW);
+          } else {
+            mm_into(dPm, view2d(dYT, bm, C, 1, bm), Xn);
+          }
           if (contrastive && !detach) dPm.addmm_(view2d(DPH, bm, Ck, Ck, 1), VPT);
           for (int64_t r = 0; r < bm; ++r) math::dsoftmax_row(dP + r * HW, P + r * HW, HW, delta[r], scale);
           // dV^T += dY^T P into dx of the neighbour frame; dvphi^T += dphi^T P.
-          dXn.addmm_(view2d(dYT, C, bm, bm, 1), Pm);
+          if (bf16) {  // dxbuf is the float32 [C, HW] dx of frame tn (16-bit x)
+            convert(P, Pb, bm * HW);
+            mm_into(view2d(dXb, C, HW, HW, 1), view2d(dYTb, C, bm, bm, 1), view2d(Pb, bm, HW, HW, 1));
+            for (int64_t i = 0; i < C * HW; ++i) dxbuf[i] += static_cast<acc_t>(dXb[i]);
+          } else {
+            dXn.addmm_(view2d(dYT, C, bm, bm, 1), Pm);
+          }
           if (contrastive) DVPm.addmm_(view2d(DPH, Ck, bm, 1, Ck), Pm);
           mm_into(view2d(DQT, Ck, bm, bm, 1), KT, view2d(dP, HW, bm, 1, HW));
           for (int64_t r = 0; r < bm; ++r)
@@ -427,7 +495,7 @@ std::string apm_cpu_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return "x86-64-v4 (AVX-512)";
+    return native_bf16_gemm() ? "x86-64-v4 (AVX-512), bf16 GEMMs for bfloat16 inputs" : "x86-64-v4 (AVX-512)";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "x86-64-v3 (AVX2+FMA)";
   return "x86-64 baseline (SSE2)";
 #else

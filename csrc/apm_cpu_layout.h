@@ -73,6 +73,11 @@ class FrameSource {
     }
   }
 
+  // Frame f of clip b as a [C, HW] view of x itself, in x's dtype (for 16-bit GEMMs).
+  at::Tensor native(int64_t b, int64_t f) const {
+    return view2d(x_ + s_.frame(b, f), C_, HW_, s_.hw_inner() ? s_.sC : 1, s_.hw_inner() ? 1 : s_.sHW);
+  }
+
   at::Tensor get(int tid, int64_t b, int64_t f) {
     const int64_t rs = s_.hw_inner() ? (kConvert ? HW_ : s_.sC) : 1;
     const int64_t cs = s_.hw_inner() ? 1 : (kConvert ? C_ : s_.sHW);

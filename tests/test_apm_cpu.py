@@ -115,12 +115,18 @@ def test_bf16_channels_last_3d_runs_without_hidden_full_size_copies():
 
 
 def test_isa_reports_the_vector_instruction_set_in_use():
-    assert cpu_backend.isa() in (
+    isa = cpu_backend.isa()
+    assert isa in (
+        "x86-64-v4 (AVX-512), bf16 GEMMs for bfloat16 inputs",
         "x86-64-v4 (AVX-512)",
         "x86-64-v3 (AVX2+FMA)",
         "x86-64 baseline (SSE2)",
         "portable (compiler auto-vectorisation for the build target)",
     )
+    if isa.startswith("x86-64-v4") and os.path.exists("/proc/cpuinfo"):
+        # bfloat16 inputs take the bf16-GEMM path exactly where the CPU has native bf16 dot products
+        flags = open("/proc/cpuinfo").read()
+        assert ("bf16 GEMMs" in isa) == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_direct_operator_calls_are_checked_in_cpp():
