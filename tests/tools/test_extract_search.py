@@ -11,6 +11,7 @@ import torch
 from reid import extract as extract_mod
 from reid.data import build_dataset
 from reid.engine.evaluator import extract_features
+from reid.engine.precision import resolve_policy
 from reid.extract import extract_folder, find_tracklets, load_features
 from reid.inference import load_trained_model
 from reid.metrics import feature_distance, rank_gallery
@@ -124,7 +125,10 @@ def test_an_interrupted_extraction_resumes_with_the_shards_already_written(train
     fs = extract_folder(trained, root, out, shard_size=6, progress=False)
     assert calls == [6, 2]  # shards 3 and 4 of 20 tracklets; 1 and 2 were read back
     whole = extract_folder(trained, root, str(tmp_path / "whole.npz"), shard_size=100, progress=False)
-    np.testing.assert_allclose(fs.features, whole.features, atol=1e-6)
+    # Shards batch the tracklets differently from one whole pass. In fp32 that changes nothing; under
+    # bf16 autocast (the policy on a CPU with native bf16) it changes the last bits of a feature.
+    policy = resolve_policy(trained.cfg.amp, trained.cfg.memory_format, torch.device("cpu"))
+    np.testing.assert_allclose(fs.features, whole.features, atol=1e-6 if policy.amp == "none" else 2e-4)
     assert fs.paths == whole.paths and load_features(out).paths == whole.paths
 
 
