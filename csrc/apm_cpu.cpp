@@ -58,32 +58,6 @@ at::ScalarType acc_type_for(at::ScalarType t) { return t == at::kDouble ? at::kD
 // P @ V GEMM ([C, HW] x [HW, BM]) stays wide enough for the BLAS micro-kernels.
 int64_t row_block(int64_t HW) { return std::min<int64_t>(HW, 64); }
 
-// bfloat16 inputs on a CPU with native bf16 dot products (AVX512-BF16 or AMX): the three
-// HW x HW x C products (P V forward; dY V^T and dY^T P backward) run as bf16 GEMMs with float32
-// accumulation, as FlashAttention casts P to the input dtype for P V. Elsewhere bf16 GEMMs are
-// emulated and slower than the float32 path, which then stays.
-bool native_bf16_gemm() {
-#if AP3D_HAVE_MULTIVERSION
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-  }();
-  return supported;
-#else
-  return false;
-#endif
-}
-
-template <typename scalar_t>
-bool use_bf16_gemm() {
-  return std::is_same<scalar_t, at::BFloat16>::value && native_bf16_gemm();
-}
-
-template <typename src_t, typename dst_t>
-void convert(const src_t* src, dst_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
-}
-
 // Runs body(i, i + 1) for every item in [0, n) on all threads. Items are handed out one at a time
 // from a shared counter instead of in fixed equal ranges: when another process takes a core, the
 // other threads take over its share instead of waiting for it. Always inside a parallel region

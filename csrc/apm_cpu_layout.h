@@ -1,6 +1,6 @@
 // Memory layouts the CPU kernels read and write in place: [B, C, F, H, W] feature maps stored
-// NCDHW (contiguous) or channels_last_3d, and the float32 copies of single frames that 16-bit
-// inputs need for the BLAS. Nothing here copies a whole tensor.
+// NCDHW (contiguous) or channels_last_3d, and the GEMM operands of 16-bit inputs (float32 copies
+// of single frames, or bf16 blocks where the CPU has native bf16). Nothing here copies a whole tensor.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#include "apm_cpu_math.h"  // AP3D_HAVE_MULTIVERSION: x86-64 GCC, where __builtin_cpu_supports exists
 
 namespace ap3d {
 
@@ -20,6 +22,32 @@ struct Strided {
   bool hw_inner() const { return sHW == 1; }
   int64_t frame(int64_t b, int64_t f) const { return b * sB + f * sF; }
 };
+
+// bfloat16 inputs on a CPU with native bf16 dot products (AVX512-BF16 or AMX): the three
+// HW x HW x C products (P V forward; dY V^T and dY^T P backward) run as bf16 GEMMs with float32
+// accumulation, as FlashAttention casts P to the input dtype for P V. Elsewhere bf16 GEMMs are
+// emulated and slower than the float32 path, which then stays.
+inline bool native_bf16_gemm() {
+#if AP3D_HAVE_MULTIVERSION
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t>
+inline bool use_bf16_gemm() {
+  return std::is_same<scalar_t, at::BFloat16>::value && native_bf16_gemm();
+}
+
+template <typename src_t, typename dst_t>
+inline void convert(const src_t* src, dst_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
+}
 
 inline bool is_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
