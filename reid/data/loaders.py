@@ -100,9 +100,9 @@ def _loader_kwargs(num_workers, pin_memory):
 def shutdown_loader(loader: DataLoader) -> None:
     """Stop a loader's persistent worker processes now (a no-op without workers). Left to the
     garbage collector, they are joined whenever it happens to run: a Trainer sits in a reference
-    cycle with its hooks, and a collection that fires inside a later import (matplotlib's, for the
-    run's plots) waits out the join's 5-s timeout once per worker while the workers, never told to
-    stop, wait on their queues. Uses DataLoader's own shutdown (private; no public one exists)."""
+    cycle with its hooks, and a collection that fired inside a later import (matplotlib's, for the
+    run's plots) was seen blocking there for 10 s, the join's 5-s timeout once per worker, with both
+    workers idle on their queues. Uses DataLoader's own shutdown (private; no public one exists)."""
     it = getattr(loader, "_iterator", None)
     if it is not None and hasattr(it, "_shutdown_workers"):
         it._shutdown_workers()
