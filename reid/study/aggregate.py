@@ -11,14 +11,14 @@ from .ablation import ablation_record
 from .grid import Study, format_level
 from .runner import cell_record
 
-__all__ = ["aggregate", "paired_contrasts", "write_outputs", "format_table", "CONTRASTS"]
+__all__ = ["aggregate", "paired_contrasts", "write_outputs", "format_table", "CONTRASTS", "APM_CONTRASTS"]
 
 METRICS = ("rank1", "mAP")
 
 # The comparisons that test the paper's claim, as (network, baseline): APM added to the same 3D
 # network, then each temporal network against C2D.
-CONTRASTS = (("ap3d", "p3d_c"), ("ap_i3d", "i3d"), ("ap3d", "c2d"), ("p3d_c", "c2d"), ("ap_i3d", "c2d"),
-             ("i3d", "c2d"))
+APM_CONTRASTS = (("ap3d", "p3d_c"), ("ap_i3d", "i3d"))
+CONTRASTS = APM_CONTRASTS + (("ap3d", "c2d"), ("p3d_c", "c2d"), ("ap_i3d", "c2d"), ("i3d", "c2d"))
 
 
 def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -46,7 +46,7 @@ def paired_contrasts(study: Study, metric: str = "mAP") -> list[dict]:
         if cell.done:
             with open(cell.results_path) as fh:
                 results[(cell.network, cell.level, cell.seed)] = 100.0 * json.load(fh)["metrics"][metric]
-    arch = {c.network.rsplit("_", 1)[0]: c.network for c in study.cells}  # "ap3d" -> "ap3d_resnet18"
+    arch = {net: f"{net}_{study.budget.backbone}" for net in study.budget.networks}  # "ap3d" -> "ap3d_resnet18"
     out = []
     for net, base in CONTRASTS:
         if net not in arch or base not in arch:
@@ -60,7 +60,8 @@ def paired_contrasts(study: Study, metric: str = "mAP") -> list[dict]:
             diffs = [results[arch[net], level, s] - results[arch[base], level, s] for s in seeds]
             mean, std = _mean_std(diffs)
             half = _t_quantile_975(len(diffs) - 1) * std / math.sqrt(len(diffs)) if std is not None else None
-            out.append({"network": arch[net], "baseline": arch[base], "misalignment": level, "metric": metric,
+            out.append({"network": arch[net], "baseline": arch[base], "adds_apm": (net, base) in APM_CONTRASTS,
+                        "misalignment": level, "metric": metric,
                         "seeds": seeds, "differences": diffs, "mean": mean, "std": std,
                         "ci95": None if half is None else [mean - half, mean + half]})
     return out
@@ -135,8 +136,7 @@ def plot(summary: dict, path: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    apm_contrasts = [c for c in summary.get("contrasts", []) if c["network"].startswith("ap")
-                     and not c["baseline"].startswith("c2d")]
+    apm_contrasts = [c for c in summary.get("contrasts", []) if c["adds_apm"]]
     fig, axes = plt.subplots(1, 2 if apm_contrasts else 1, figsize=(11 if apm_contrasts else 6, 4.2), dpi=120,
                              squeeze=False)
     ax = axes[0][0]
