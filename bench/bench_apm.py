@@ -18,10 +18,11 @@ shapes with the full contrastive gate:
   included). CUDA: ``torch.cuda.max_memory_allocated``. CPU: every allocation and free of the
   CPU allocator is recorded with ``torch.profiler`` (``profile_memory=True``) and the running
   sum is maximised; the fused kernels take their scratch from the same allocator, so it counts;
-- ``flex-attention (core, fwd)``: ``torch.compile``'d ``flex_attention`` computing only
+- ``flex-attention (core)``: ``torch.compile``'d ``flex_attention`` computing only
   ``softmax(s q_t q_t'^T) x_t'`` for every neighbour offset, on the normalised maps prepared
-  outside the timed region (no projections, no gate, no interleaved output); forward only,
-  because on CPU flex_attention has no backward. It is the attention peer to beat;
+  outside the timed region (no projections, no gate, no interleaved output); forward and
+  backward on CUDA, forward only on CPU (where flex_attention has no backward). It is the
+  attention peer to beat;
 - the fused forward's GFLOP/s (FLOPs from ``ap3d_kernels.flops``) against this machine's
   measured dense GEMM rate (a large ``torch.mm``), and on CUDA against the GPU's datasheet peak,
   with the achieved memory bandwidth (compulsory traffic: inputs read once, outputs written once).
@@ -90,14 +91,16 @@ def apm_sdpa(x, g, theta, phi, att, *, scale=4.0, time_dim=3, contrastive=True, 
 
 class FlexCore:
     """APM's attention core alone with FlexAttention (see the module docstring). ``prepare``
-    builds the normalised maps once; the returned call is what is timed."""
+    builds the normalised maps once and returns the timed forward call and, on CUDA (on CPU
+    flex_attention has no backward), the timed forward+backward call."""
 
-    fwd_only = True
+    core_only = True
 
-    def __init__(self):
+    def __init__(self, device):
         from torch.nn.attention.flex_attention import flex_attention
 
         self.flex = torch.compile(flex_attention)
+        self.with_backward = device.type == "cuda"
 
     def prepare(self, inputs, *, scale=4.0, time_dim=3):
         x, g = inputs[:2]
@@ -111,9 +114,30 @@ class FlexCore:
                  for o in neighbour_offsets(time_dim)]
 
         def core():
-            return [self.flex(q, k, v, scale=scale) for k, v in pairs]
+            with torch.no_grad():
+                return [self.flex(q, k, v, scale=scale) for k, v in pairs]
 
-        return core
+        if not self.with_backward:
+            return core, None
+        leaves = [t.detach().requires_grad_() for t in (q, *[t for pair in pairs for t in pair])]
+        grad_out = torch.randn_like(values)
+
+        def core_forward_backward():
+            qg, kv = leaves[0], leaves[1:]
+            outs = [self.flex(qg, kv[2 * i], kv[2 * i + 1], scale=scale) for i in range(len(pairs))]
+            torch.autograd.backward(outs, [grad_out] * len(outs))
+            for t in leaves:
+                t.grad = None
+
+        return core, core_forward_backward
+
+
+def flex_core_flops(B, C, T, HW, ck, n_pairs):
+    """FLOPs of the attention core alone per pass: forward S = QK^T and PV; backward recomputes S
+    and forms dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q."""
+    fwd = n_pairs * B * T * 2 * HW * HW * (ck + C)
+    bwd = n_pairs * B * T * 2 * HW * HW * (2 * C + 3 * ck)
+    return fwd, bwd
 
 
 def sdpa_backend_name(device, dtype, C, HW):
@@ -177,20 +201,25 @@ def implementations(device, flex=True):
         if name != "reference":
             impls[f"fused-{name}"] = lambda *a, _b=name, **k: apm(*a, backend=_b, **k)
     if flex:
-        impls["flex-attention (core, fwd)"] = FlexCore()
+        impls["flex-attention (core)"] = FlexCore(device)
     return impls
 
 
 def measure(fn, inputs, device, warmup, repeats, with_memory=True):
-    if getattr(fn, "fwd_only", False):
-        core = fn.prepare(inputs)
-        with torch.no_grad():
-            core()  # compile
-            fwd, fwd_med = time_runs(core, device, warmup, repeats)
-            row = {"fwd_ms": fwd * 1e3, "fwd_median_ms": fwd_med * 1e3, "fwd_bwd_ms": None, "fwd_bwd_median_ms": None}
-            if with_memory:
-                row["fwd_peak_mib"] = peak_extra_bytes(core, device) / 2**20
-                row["fwd_bwd_peak_mib"] = None
+    if getattr(fn, "core_only", False):
+        core, core_fb = fn.prepare(inputs)
+        core()  # compile
+        fwd, fwd_med = time_runs(core, device, warmup, repeats)
+        row = {"fwd_ms": fwd * 1e3, "fwd_median_ms": fwd_med * 1e3, "fwd_bwd_ms": None, "fwd_bwd_median_ms": None,
+               "fwd_bwd_peak_mib": None}
+        if core_fb is not None:
+            core_fb()  # compile the backward
+            fb, fb_med = time_runs(core_fb, device, warmup, repeats)
+            row.update(fwd_bwd_ms=fb * 1e3, fwd_bwd_median_ms=fb_med * 1e3)
+        if with_memory:
+            row["fwd_peak_mib"] = peak_extra_bytes(core, device) / 2**20
+            if core_fb is not None:
+                row["fwd_bwd_peak_mib"] = peak_extra_bytes(core_fb, device) / 2**20
         return row
     x, *weights = inputs
     leaves = [t.detach().requires_grad_() for t in (x, *weights)]
@@ -277,7 +306,8 @@ def main(argv=None):
     for dt, r in meta["gemm_gflops"].items():
         print(f"# {dt} GEMM (torch.mm {n}x{n}): {r:.1f} GFLOP/s")
 
-    rows = []
+    rows, failures = [], []
+    stem = os.path.join(args.out_dir, f"apm_{device.type}")
     for dtype in dtypes:
         dname = str(dtype).replace("torch.", "")
         for stage, (C, H, W) in STAGES.items():
@@ -286,32 +316,27 @@ def main(argv=None):
             bflops = apm_backward_flops(B, C, T, H * W, C // 16, 3, True)
             sdpa_choice = sdpa_backend_name(device, dtype, C, H * W)
             for name, fn in impls.items():
-                r = measure(fn, inputs, device, args.warmup, args.repeats)
+                try:
+                    r = measure(fn, inputs, device, args.warmup, args.repeats)
+                except Exception as exc:  # one failing implementation must not lose the other rows
+                    print(f"{dname:8s} {stage} {name:26s} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                    failures.append({"stage": stage, "dtype": dname, "impl": name, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 r.update(stage=stage, dtype=dname, impl=name, C=C, H=H, W=W, B=B, T=T)
-                if getattr(fn, "fwd_only", False):  # the attention core alone, every offset incl. padding
-                    r["fwd_gflops"] = 2 * B * T * 2 * (H * W) ** 2 * (C // 16 + C) / (r["fwd_ms"] * 1e-3) / 1e9
-                else:
-                    r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
-                    r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9
-                r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dname]
+                add_rates(r, fn, meta, dtype, fflops, bflops, device)
                 if name == "sdpa":
                     r["sdpa_backend"] = sdpa_choice
-                if device.type == "cuda":
-                    es = torch.tensor([], dtype=dtype).element_size()
-                    x_bytes = B * C * T * H * W * es
-                    r["fwd_gb_per_s"] = (x_bytes * 4) / (r["fwd_ms"] * 1e-3) / 1e9  # read x, write 3x
-                    if meta.get("gpu_peaks"):
-                        peak = meta["gpu_peaks"]["bf16_tflops" if dtype == torch.bfloat16 else "fp32_tflops"]
-                        r["fwd_frac_of_peak_flops"] = r["fwd_gflops"] / 1e3 / peak
-                        r["fwd_frac_of_peak_bw"] = r["fwd_gb_per_s"] / 1e3 / meta["gpu_peaks"]["tb_per_s"]
                 rows.append(r)
-                ref = next(x for x in rows if x["impl"] == "reference" and x["stage"] == stage and x["dtype"] == dname)
-                r["fwd_speedup"] = ref["fwd_ms"] / r["fwd_ms"]
-                r["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if r["fwd_bwd_ms"] else None
+                ref = next((x for x in rows if x["impl"] == "reference" and x["stage"] == stage and x["dtype"] == dname), None)
+                r["fwd_speedup"] = ref["fwd_ms"] / r["fwd_ms"] if ref else None
+                r["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if ref and r["fwd_bwd_ms"] else None
                 print(f"{dname:8s} {stage} {name:26s} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_gflops']:7.1f} GFLOP/s, "
                       f"{100 * r['fwd_frac_of_gemm']:5.1f}% GEMM)  fwd+bwd {_fmt(r['fwd_bwd_ms'], '8.2f')} ms "
                       f"(x{_fmt(r['fwd_bwd_speedup'], '.2f')} vs ref)  peak fwd {r['fwd_peak_mib']:8.1f} MiB, "
                       f"fwd+bwd {_fmt(r['fwd_bwd_peak_mib'], '8.1f')} MiB", flush=True)
+                # Written after every row: a run stopped at its time limit keeps what it measured.
+                write_results(stem, {"meta": meta, "rows": rows, "sweep": [], "failures": failures},
+                              render_markdown(meta, rows, []))
 
     sweep = []
     if not args.no_sweep:
@@ -319,9 +344,14 @@ def main(argv=None):
         for H, W in SWEEP:
             inputs = make_inputs(args.sweep_batch, 128, T, H, W, device, dtype, seed=1)
             for name, fn in impls.items():
-                if getattr(fn, "fwd_only", False):
+                if getattr(fn, "core_only", False):
                     continue
-                r = measure(fn, inputs, device, warmup=1, repeats=3)
+                try:
+                    r = measure(fn, inputs, device, warmup=1, repeats=3)
+                except Exception as exc:
+                    print(f"sweep HW={H * W:5d} {name:14s} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                    failures.append({"sweep_hw": H * W, "impl": name, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 r.update(impl=name, HW=H * W, H=H, W=W, C=128, B=args.sweep_batch, T=T,
                          dtype=str(dtype).replace("torch.", ""))
                 sweep.append(r)
@@ -339,11 +369,36 @@ def main(argv=None):
     for r in rows:
         r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][r["dtype"]]
     meta["load_avg_end"] = list(os.getloadavg())
+    if device.type == "cuda" and "triton" in available_backends(device):
+        from ap3d_kernels.backends.triton.kernels import autotune_enabled, tuned_configs
+
+        meta["triton_autotune"] = autotune_enabled()
+        meta["triton_configs_chosen"] = tuned_configs()
     md = render_markdown(meta, rows, sweep)
-    paths = write_results(os.path.join(args.out_dir, f"apm_{device.type}"), {"meta": meta, "rows": rows, "sweep": sweep}, md)
+    paths = write_results(stem, {"meta": meta, "rows": rows, "sweep": sweep, "failures": failures}, md)
     print()
     print(md)
     print(f"written: {', '.join(paths)}")
+
+
+def add_rates(r, fn, meta, dtype, fflops, bflops, device):
+    """GFLOP/s, the share of the measured GEMM rate and, on CUDA, of the card's datasheet peaks."""
+    B, C, T, H, W = (r[k] for k in ("B", "C", "T", "H", "W"))
+    if getattr(fn, "core_only", False):  # the attention core alone, every offset incl. padding
+        fflops, bflops = flex_core_flops(B, C, T, H * W, C // 16, 2)
+    r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
+    r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9 if r["fwd_bwd_ms"] else None
+    dname = str(dtype).replace("torch.", "")
+    r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dname]
+    if device.type == "cuda":
+        # Compulsory traffic of the whole APM forward: read x once, write the 3T-frame output.
+        x_bytes = B * C * T * H * W * torch.tensor([], dtype=dtype).element_size()
+        r["fwd_gb_per_s"] = (x_bytes * 4) / (r["fwd_ms"] * 1e-3) / 1e9
+        if meta.get("gpu_peaks"):
+            peak = meta["gpu_peaks"]["fp32_tflops" if dtype == torch.float32 else "bf16_tflops"]
+            r["fwd_frac_of_peak_flops"] = r["fwd_gflops"] / 1e3 / peak
+            r["fwd_bwd_frac_of_peak_flops"] = (r["fwd_bwd_gflops"] / 1e3 / peak) if r["fwd_bwd_gflops"] else None
+            r["fwd_frac_of_peak_bw"] = r["fwd_gb_per_s"] / 1e3 / meta["gpu_peaks"]["tb_per_s"]
 
 
 def _fmt(value, spec, suffix=""):
@@ -364,7 +419,7 @@ def render_markdown(meta, rows, sweep):
         + (f". CPU kernel ISA: {meta['cpu_kernel_isa']}." if "cpu_kernel_isa" in meta else "."),
         "",
         "The flex-attention row times the attention core alone (no projections, gate or interleaved output; "
-        "forward only) and counts only its FLOPs; every other row is the whole APM.",
+        "no backward on CPU) and counts only its FLOPs; every other row is the whole APM.",
         "",
         "| dtype | shape | impl | fwd ms | fwd+bwd ms | fwd+bwd speed-up | fwd GFLOP/s | fwd % of GEMM "
         "| peak fwd MiB | peak fwd+bwd MiB |",
@@ -379,14 +434,23 @@ def render_markdown(meta, rows, sweep):
             f"{r['fwd_peak_mib']:.1f} | {_fmt(r['fwd_bwd_peak_mib'], '.1f')} |"
         )
     if any("fwd_gb_per_s" in r for r in rows):
-        lines += ["", "| dtype | shape | impl | fwd TFLOP/s | % of peak FLOP/s | fwd GB/s | % of peak BW |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += ["", "Against the card's datasheet peaks (FLOP/s: fp32 for float32, tensor-core bf16/fp16 otherwise; "
+                  "bytes: the forward's compulsory traffic, x read once and the 3T-frame output written once):", "",
+                  "| dtype | shape | impl | fwd TFLOP/s | % of peak | fwd+bwd TFLOP/s | % of peak | fwd GB/s | % of peak BW |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         for r in rows:
+            fb = r.get("fwd_bwd_gflops")
             lines.append(
                 f"| {r['dtype']} | {r['stage']} | {r['impl']} | {r['fwd_gflops'] / 1e3:.2f} | "
-                f"{100 * r.get('fwd_frac_of_peak_flops', float('nan')):.1f}% | {r['fwd_gb_per_s']:.0f} | "
-                f"{100 * r.get('fwd_frac_of_peak_bw', float('nan')):.1f}% |"
+                f"{pct(r.get('fwd_frac_of_peak_flops'))} | {_fmt(fb and fb / 1e3, '.2f')} | "
+                f"{pct(r.get('fwd_bwd_frac_of_peak_flops'))} | {r['fwd_gb_per_s']:.0f} | {pct(r.get('fwd_frac_of_peak_bw'))} |"
             )
+    if meta.get("triton_configs_chosen"):
+        lines += ["", f"Triton configs chosen by autotuning (autotune {'on' if meta['triton_autotune'] else 'off'}):", ""]
+        for kernel, chosen in meta["triton_configs_chosen"].items():
+            for key, config in chosen.items():
+                lines.append(f"- {kernel} {key}: {config}")
     if sweep:
         impls = list(dict.fromkeys(r["impl"] for r in sweep))
         lines += [

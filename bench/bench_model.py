@@ -388,6 +388,7 @@ def main(argv=None):
                 auto_policy=resolve_policy("auto", "auto", device).as_dict())
     print(f"# model benchmark: {describe_machine(meta)}", flush=True)
     shapes, rows = shapes_for(device, args.quick), []
+    stem = os.path.join(args.out_dir, f"model_{device.type}")
     for name in args.shapes:
         settings = []
         for compiled in (c == "on" for c in args.compile):
@@ -401,13 +402,15 @@ def main(argv=None):
                         settings.append((precision, layout, compiled))
         batches = real_batches(shapes[name], args) if name in ("default", "quick") and args.data_steps else None
         rows += measure_shape(name, shapes[name], settings, args, device, batches)
+        if not args.update:  # each finished shape is kept even if a later one is stopped at a time limit
+            write_results(stem, {"meta": meta, "runs": [meta], "rows": rows, "profile": []},
+                          render_markdown([meta], rows, []))
     profile = []
     if args.profile:
         shape_name, precision, layout = args.profile.split(":")
         profile = profile_extra_time(shapes[shape_name], precision, layout, device)
         meta["profile"] = dict(shape=shape_name, precision=precision, layout=layout, steps=3)
     meta["load_avg_end"] = list(os.getloadavg())
-    stem = os.path.join(args.out_dir, f"model_{device.type}")
     runs = [meta]
     if args.update:
         runs, rows, profile = merge_previous(stem, meta, rows, profile)

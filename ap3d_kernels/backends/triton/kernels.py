@@ -22,6 +22,10 @@ Interpreter mode: ``@triton.jit`` decides between compiled and interpreted kerne
 kernel is defined, i.e. when this module is imported; with ``TRITON_INTERPRET=1`` set before
 triton is imported, the same kernels run on CPU tensors (slowly, one fixed config, no
 autotuning).
+
+Autotuning: on a GPU each kernel times its configs once per (HW, C, Ck, dtypes) and keeps the
+fastest. ``AP3D_TRITON_AUTOTUNE=0`` (read at import) keeps only the first config of each list:
+one compile per shape instead of six, for test runs and short jobs on a fresh machine.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ __all__ = [
     "apm_bwd_dx_kernel",
     "apm_bwd_dk_kernel",
     "apm_bwd_dq_kernel",
+    "autotune_enabled",
+    "tuned_configs",
 ]
 
 
@@ -50,6 +56,14 @@ def _interpret_env() -> bool:
 
 # What counts after this import is the decision @triton.jit took here, not the env var now.
 INTERPRETED = _interpret_env()
+
+
+def autotune_enabled() -> bool:
+    """Whether the kernels choose among several configs (``AP3D_TRITON_AUTOTUNE``, default on)."""
+    value = os.environ.get("AP3D_TRITON_AUTOTUNE", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on", "no", "yes"):
+        raise ValueError(f"AP3D_TRITON_AUTOTUNE must be 0 or 1 (or on/off), got {value!r}")
+    return value in ("1", "true", "on", "yes")
 
 
 # Autotuning space on GPU, keyed on (HW, C, Ck) (and the dtypes): (BLOCK_M, BLOCK_N, num_warps,
@@ -70,9 +84,10 @@ def _configs(block_names: tuple[str, ...], gpu_choices: list[tuple]) -> list:
     small set covering the paper's stage-2/3 shapes (HW 128..512, C 128..1024)."""
     if INTERPRETED:
         return [triton.Config({name: 16 for name in block_names}, num_warps=4, num_stages=1)]
+    chosen = gpu_choices if autotune_enabled() else gpu_choices[:1]
     return [
         triton.Config(dict(zip(block_names, blocks)), num_warps=warps, num_stages=stages)
-        for (*blocks, warps, stages) in gpu_choices
+        for (*blocks, warps, stages) in chosen
     ]
 
 
@@ -449,3 +464,11 @@ def apm_bwd_dq_kernel(
                     ds = p * (dp - delta[:, None])
                     dq = tl.dot(ds.to(DT), k.to(DT), dq, input_precision=PREC, out_dtype=ACC)
     tl.store(DQ + qd_ptrs, dq * scale, mask=mask_md)
+
+
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """The config each autotuned kernel chose so far, per autotuning key (for benchmark reports)."""
+    kernels = {"fwd": apm_fwd_kernel, "bwd_dx": apm_bwd_dx_kernel, "bwd_dk": apm_bwd_dk_kernel,
+               "bwd_dq": apm_bwd_dq_kernel}
+    return {name: {str(key): str(config) for key, config in getattr(kernel, "cache", {}).items()}
+            for name, kernel in kernels.items()}
