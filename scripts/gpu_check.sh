@@ -44,6 +44,7 @@ if [ "$SMOKE" = 1 ]; then
   TRAIN_ARGS=(--device cpu --amp none --epochs 1 --iters-per-epoch 2 --threads 2
               --dataset-option num_train_ids=8 --dataset-option num_test_ids=6 --dataset-option max_frames=24)
   PYTEST_MARK="gpu"
+  PROFILE_ARGS=(--backend cpu --batch 1 --steps 2)
 else
   DEVICE=cuda
   BENCH_APM_ARGS=(--device cuda)
@@ -51,6 +52,7 @@ else
   BENCH_MODEL_ARGS=(--device cuda --compile off --shapes paper,default --precisions fp32,bf16 --data-steps 0)
   TRAIN_ARGS=(--device cuda --amp bf16 --epochs 2 --num-workers 8)
   PYTEST_MARK="gpu or triton"
+  PROFILE_ARGS=(--backend triton)
   # The GPU machine has cores to spare: spread the tests (each compiles its own kernels) over workers.
   "$PY" -c "import xdist" 2>/dev/null && PYTEST_PAR=(-n 8)
 fi
@@ -100,21 +102,58 @@ except ImportError as exc:
 EOF
 }
 
-step machine 30 machine_facts
+# Compile every autotuning config of every kernel at the benchmark's shapes, one process per
+# config, in parallel: the autotuner afterwards finds them all in Triton's on-disk cache and only
+# times them (compiling them one after another inside it took over a minute per shape).
+precompile_configs() {
+  local n
+  n=$("$PY" -c "from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES as g; print(len(g['fwd']))") || return 1
+  local pids=() i
+  for i in $(seq 0 $((n - 1))); do
+    AP3D_TRITON_CONFIG=$i "$PY" -c '
+import torch
+from ap3d_kernels import apm
+for C, H, W in ((128, 32, 16), (256, 16, 8)):  # bench_apm.py stage 2 and stage 3
+    for dtype in (torch.float32, torch.bfloat16):
+        ck = C // 16
+        x = torch.randn(2, C, 4, H, W, device="cuda", dtype=dtype, requires_grad=True)
+        w = [torch.randn(ck, C, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)]
+        w.append(torch.randn(ck, device="cuda", dtype=dtype, requires_grad=True))
+        apm(x, *w, backend="triton").sum().backward()
+torch.cuda.synchronize()
+' &
+    pids+=($!)
+  done
+  local failed=0
+  for i in "${pids[@]}"; do wait "$i" || failed=1; done
+  return $failed
+}
+
+# GPU_CHECK_STEPS picks steps (comma list; default all), GPU_CHECK_TESTS the test paths.
+STEPS=${GPU_CHECK_STEPS:-machine,build,tests,bench_apm,train,bench_model,profile,tune}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+want machine && step machine 30 machine_facts
 # The CPU extension is built in place (no pip, no network); the GPU path itself needs only Triton.
-step build 120 "$PY" setup.py build_ext --inplace
+want build && step build 120 "$PY" setup.py build_ext --inplace
 export AP3D_TRITON_AUTOTUNE=0
-step tests 150 "$PY" -m pytest -q -m "$PYTEST_MARK" "${PYTEST_PAR[@]}" -p no:cacheprovider --junitxml="$LOGS/pytest.xml" tests
-step bench_apm 150 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --out-dir "$OUT_DIR"
-step train 150 "$PY" -m reid.train "${TRAIN_ARGS[@]}" --output-dir "$OUT_DIR/train_ap3d"
-if [ -f bench/bench_model.py ]; then
+read -r -a TEST_PATHS <<<"${GPU_CHECK_TESTS:-tests}"
+want tests && step tests 150 "$PY" -m pytest -q -m "$PYTEST_MARK" "${PYTEST_PAR[@]}" -p no:cacheprovider \
+  --junitxml="$LOGS/pytest.xml" "${TEST_PATHS[@]}"
+want bench_apm && step bench_apm 150 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --out-dir "$OUT_DIR"
+want train && step train 150 "$PY" -m reid.train "${TRAIN_ARGS[@]}" --output-dir "$OUT_DIR/train_ap3d"
+if want bench_model && [ -f bench/bench_model.py ]; then
   step bench_model 150 "$PY" bench/bench_model.py "${BENCH_MODEL_ARGS[@]}" --out-dir "$OUT_DIR"
-else
-  SUMMARY+=("SKIP  bench_model (bench/bench_model.py is not in this tree)")
 fi
-export AP3D_TRITON_AUTOTUNE=1
-step bench_apm_tuned 200 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --no-sweep --no-flex \
-  --out-dir "$OUT_DIR/tuned"
+if want profile; then  # where the fused APM's time goes, kernel by kernel (first config of each kernel)
+  step profile_bf16 60 "$PY" bench/profile_apm.py --device "$DEVICE" --dtype bfloat16 "${PROFILE_ARGS[@]}"
+  step profile_fp32 60 "$PY" bench/profile_apm.py --device "$DEVICE" --dtype float32 "${PROFILE_ARGS[@]}"
+fi
+if want tune && [ "$SMOKE" = 0 ]; then
+  step precompile 120 precompile_configs
+  export AP3D_TRITON_AUTOTUNE=1
+  step bench_apm_tuned 150 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --no-sweep --no-flex \
+    --out-dir "$OUT_DIR/tuned"
+fi
 
 # ---- summary -------------------------------------------------------------------------------------
 {
@@ -129,6 +168,10 @@ step bench_apm_tuned 200 "$PY" bench/bench_apm.py "${BENCH_APM_ARGS[@]}" --no-sw
   for md in "$OUT_DIR"/apm_*.md "$OUT_DIR"/model_*.md "$OUT_DIR"/tuned/apm_*.md; do
     [ -f "$md" ] || continue
     echo; echo "## $(basename "$md")"; grep -E '^\|' "$md" | head -n 40
+  done
+  for prof in "$LOGS"/profile_*.log; do
+    [ -f "$prof" ] || continue
+    echo; echo "## $(basename "$prof" .log)"; grep -v -E '^(USDT|STAGE|-{20})' "$prof" | cut -c1-150 | head -n 34
   done
   if [ -f "$LOGS/train.log" ]; then
     echo; echo "## training (last lines)"; grep -E 'Rank-1|mAP|clips/s|epoch' "$LOGS/train.log" | tail -n 12

@@ -87,8 +87,8 @@ def test_saved_statistics_are_the_contract_values_including_padded_pairs(backend
                 expect_lse = torch.logsumexp(scores, dim=-1)
                 expect_phi = torch.softmax(scores, dim=-1) @ vphi[0, t + o]
             else:
-                expect_lse = torch.full((HW,), math.log(HW), dtype=torch.float64)
-                expect_phi = torch.zeros(HW, q.shape[-1], dtype=torch.float64)
+                expect_lse = torch.full((HW,), math.log(HW), dtype=torch.float64, device=q.device)
+                expect_phi = torch.zeros(HW, q.shape[-1], dtype=torch.float64, device=q.device)
             expect_gate = torch.sigmoid((tw[0, t] * expect_phi).sum(-1))
             torch.testing.assert_close(lse[0, t, j].cpu(), expect_lse.cpu(), rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(phi[0, t, j].cpu(), expect_phi.cpu(), rtol=1e-12, atol=1e-12)

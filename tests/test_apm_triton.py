@@ -143,11 +143,20 @@ PAPER_SHAPES = [
 ]
 
 
+def rel_err(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("dtype, rtol_out, rtol_grad", [(torch.float32, 1e-4, 1e-3), (torch.float16, 1e-2, 3e-2), (torch.bfloat16, 3e-2, 6e-2)])
 @pytest.mark.parametrize("B, C, T, H, W, ck", PAPER_SHAPES)
-def test_gpu_paper_shapes_match_the_fp32_reference(B, C, T, H, W, ck, dtype, rtol_out, rtol_grad):
+def test_gpu_paper_shapes_match_the_fp64_reference(B, C, T, H, W, ck, dtype, rtol_out, rtol_grad):
+    """Every result within rtol of the fp64 reference, or (FlashAttention's criterion for 16-bit
+    kernels) at most twice the error of the reference itself computed in the same dtype. The
+    second case is the gate weights' gradients in fp16/bf16 at large C: sums over every position
+    of terms that nearly cancel, where the PyTorch reference in bf16 is off by over 100% at
+    C = 2048 (the fused CPU kernel by about 40%)."""
     x, weights = make_inputs(B, C, T, H, W, ck, seed=C)
     xd, wd = x.to(dtype), [w.to(dtype) for w in weights]
     grad_out = torch.randn(B, C, 3 * T, H, W, device=DEVICE).to(dtype)
@@ -155,12 +164,16 @@ def test_gpu_paper_shapes_match_the_fp32_reference(B, C, T, H, W, ck, dtype, rto
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         out, grads = run("triton", xd, wd, grad_out)
-        ref, ref_grads = run("reference", xd.float(), [w.float() for w in wd], grad_out.float())
+        same_dtype, same_dtype_grads = run("reference", xd, wd, grad_out)
+        exact, exact_grads = run("reference", xd.double(), [w.double() for w in wd], grad_out.double())
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    assert_close_rel(out, ref, rtol_out, "out")
-    for name, d, r in zip(GRAD_NAMES, grads, ref_grads):
-        assert_close_rel(d, r, rtol_grad, f"grad of {name}")
+    for name, a, s, e, rtol in [("out", out, same_dtype, exact, rtol_out)] + [
+        (f"grad of {n}", d, sd, ed, rtol_grad) for n, d, sd, ed in zip(GRAD_NAMES, grads, same_dtype_grads, exact_grads)
+    ]:
+        assert torch.isfinite(a).all(), f"{name}: non-finite values"
+        err, ref_err = rel_err(a, e), rel_err(s, e)
+        assert err <= max(rtol, 2 * ref_err), f"{name}: error {err:.3g} > max({rtol:.1g}, 2 x reference's {ref_err:.3g})"
 
 
 @pytest.mark.gpu

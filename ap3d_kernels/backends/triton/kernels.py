@@ -25,7 +25,10 @@ autotuning).
 
 Autotuning: on a GPU each kernel times its configs once per (HW, C, Ck, dtypes) and keeps the
 fastest. ``AP3D_TRITON_AUTOTUNE=0`` (read at import) keeps only the first config of each list:
-one compile per shape instead of six, for test runs and short jobs on a fresh machine.
+one compile per shape instead of six, for test runs and short jobs on a fresh machine;
+``AP3D_TRITON_CONFIG=i`` keeps only the i-th (``scripts/gpu_check.sh`` compiles each config in a
+process of its own this way, in parallel, so that the autotuner then finds them all in Triton's
+on-disk cache).
 """
 from __future__ import annotations
 
@@ -84,7 +87,13 @@ def _configs(block_names: tuple[str, ...], gpu_choices: list[tuple]) -> list:
     small set covering the paper's stage-2/3 shapes (HW 128..512, C 128..1024)."""
     if INTERPRETED:
         return [triton.Config({name: 16 for name in block_names}, num_warps=4, num_stages=1)]
-    chosen = gpu_choices if autotune_enabled() else gpu_choices[:1]
+    pinned = os.environ.get("AP3D_TRITON_CONFIG", "").strip()
+    if pinned:
+        if not pinned.isdigit() or int(pinned) >= len(gpu_choices):
+            raise ValueError(f"AP3D_TRITON_CONFIG must be a config index 0..{len(gpu_choices) - 1}, got {pinned!r}")
+        chosen = gpu_choices[int(pinned):int(pinned) + 1]
+    else:
+        chosen = gpu_choices if autotune_enabled() else gpu_choices[:1]
     return [
         triton.Config(dict(zip(block_names, blocks)), num_warps=warps, num_stages=stages)
         for (*blocks, warps, stages) in chosen
