@@ -107,7 +107,12 @@ class FlexCore:
         B, C, T, H, W = x.shape
         half = time_dim // 2
         values = x.reshape(B, C, T, H * W).permute(0, 2, 3, 1).contiguous()  # [B, T(heads), HW, C]
-        q = F.normalize(values @ g.t(), dim=-1).contiguous()
+        q = F.normalize(values @ g.t(), dim=-1)
+        if x.device.type == "cuda" and q.shape[-1] < 16:
+            # The CUDA flex kernels need a head dim >= 16 (stage 2 has Ck = 8): zero lanes leave
+            # every score unchanged (the fused kernels pad the same way).
+            q = F.pad(q, (0, 16 - q.shape[-1]))
+        q = q.contiguous()
         pad = (0, 0, 0, 0, half, half)
         k_all, v_all = F.pad(q, pad), F.pad(values, pad)
         pairs = [(k_all[:, half + o : half + o + T].contiguous(), v_all[:, half + o : half + o + T].contiguous())
