@@ -376,6 +376,8 @@ def parse_args(argv):
         p.error("--precisions: fp16 autocast is for CUDA; on CPU use fp32,bf16")
     if args.quick:
         args.shapes, args.compile, args.repeats, args.warmup, args.data_steps = ["quick"], ["off"], 1, 1, min(args.data_steps, 2)
+        if args.profile:  # --quick profiles its own tiny shape
+            args.profile = "quick:" + args.profile.split(":", 1)[1]
     return args, device
 
 

@@ -45,6 +45,8 @@ if [ "$SMOKE" = 1 ]; then
               --dataset-option num_train_ids=8 --dataset-option num_test_ids=6 --dataset-option max_frames=24)
   PYTEST_MARK="gpu"
   PROFILE_ARGS=(--backend cpu --batch 1 --steps 2)
+  PROFILE_MODEL_ARGS=(--device cpu --quick --archs C2D,AP3D --precisions fp32 --layouts contiguous
+                      --compile off --data-steps 0 --profile default:fp32:contiguous)
 else
   DEVICE=cuda
   BENCH_APM_ARGS=(--device cuda)
@@ -53,6 +55,8 @@ else
   TRAIN_ARGS=(--device cuda --amp bf16 --epochs 2 --num-workers 8)
   PYTEST_MARK="gpu or triton"
   PROFILE_ARGS=(--backend triton)
+  PROFILE_MODEL_ARGS=(--device cuda --shapes paper --archs C2D,AP3D --precisions bf16 --layouts contiguous
+                      --compile off --data-steps 0 --profile paper:bf16:contiguous)
   # The GPU machine has cores to spare: spread the tests (each compiles its own kernels) over workers.
   "$PY" -c "import xdist" 2>/dev/null && PYTEST_PAR=(-n 8)
 fi
@@ -147,6 +151,8 @@ fi
 if want profile; then  # where the fused APM's time goes, kernel by kernel (first config of each kernel)
   step profile_bf16 60 "$PY" bench/profile_apm.py --device "$DEVICE" --dtype bfloat16 "${PROFILE_ARGS[@]}"
   step profile_fp32 60 "$PY" bench/profile_apm.py --device "$DEVICE" --dtype float32 "${PROFILE_ARGS[@]}"
+  # AP3D's training step against C2D's, op by op: where AP3D's extra time goes (into the archive)
+  step profile_model 120 "$PY" bench/bench_model.py "${PROFILE_MODEL_ARGS[@]}" --out-dir "$LOGS/profile_model"
 fi
 if want tune && [ "$SMOKE" = 0 ]; then
   step precompile 120 precompile_configs
@@ -168,6 +174,10 @@ fi
   for md in "$OUT_DIR"/apm_*.md "$OUT_DIR"/model_*.md "$OUT_DIR"/tuned/apm_*.md; do
     [ -f "$md" ] || continue
     echo; echo "## $(basename "$md")"; grep -E '^\|' "$md" | head -n 40
+  done
+  for md in "$LOGS"/profile_model/model_*.md; do
+    [ -f "$md" ] || continue
+    echo; echo "## AP3D vs C2D step, op by op"; grep -E '^\|' "$md" | tail -n 16
   done
   for prof in "$LOGS"/profile_*.log; do
     [ -f "$prof" ] || continue

@@ -199,3 +199,53 @@ def test_gpu_backward_is_deterministic():
     _, second = run("triton", x, weights, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_forward_and_backward_never_synchronise_the_device():
+    """A host-device sync inside the op would stall the CPU until the GPU drains, so the launch
+    overhead of every later op would stop overlapping with GPU work."""
+    x, weights = make_inputs(2, 128, 4, 32, 16, 8)
+    grad_out = torch.randn(2, 128, 12, 32, 16, device=DEVICE)
+    run("triton", x, weights, grad_out)  # compiles, caches the pair table
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run("triton", x, weights, grad_out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Autotuning configs chosen by the environment
+# --------------------------------------------------------------------------------------------
+def test_autotuning_configs_follow_the_environment(monkeypatch):
+    from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES, selected_choices
+
+    choices = GPU_CONFIG_CHOICES["bwd_kv"]
+    monkeypatch.delenv("AP3D_TRITON_CONFIG", raising=False)
+    monkeypatch.delenv("AP3D_TRITON_AUTOTUNE", raising=False)
+    assert selected_choices(choices) == choices  # default: autotune over all of them
+    monkeypatch.setenv("AP3D_TRITON_AUTOTUNE", "0")
+    assert selected_choices(choices) == choices[:1]
+    monkeypatch.setenv("AP3D_TRITON_CONFIG", "2")  # pinning one config wins
+    assert selected_choices(choices) == [choices[2]]
+    for bad in ("6", "-1", "fast"):
+        monkeypatch.setenv("AP3D_TRITON_CONFIG", bad)
+        with pytest.raises(ValueError, match=rf"AP3D_TRITON_CONFIG must be a config index 0\.\.5, got '{bad}'"):
+            selected_choices(choices)
+    monkeypatch.delenv("AP3D_TRITON_CONFIG")
+    monkeypatch.setenv("AP3D_TRITON_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match="AP3D_TRITON_AUTOTUNE must be 0 or 1"):
+        selected_choices(choices)
+    # scripts/gpu_check.sh compiles config i of every kernel in process i: the lists must be as long.
+    assert len({len(c) for c in GPU_CONFIG_CHOICES.values()}) == 1
+
+
+def test_tuned_configs_reports_every_autotuned_kernel():
+    from ap3d_kernels.backends.triton.kernels import tuned_configs
+
+    report = tuned_configs()
+    assert set(report) == {"fwd", "bwd_dx", "bwd_dk", "bwd_dq"}
+    assert all(isinstance(v, dict) for v in report.values())

@@ -46,6 +46,7 @@ __all__ = [
     "apm_bwd_dk_kernel",
     "apm_bwd_dq_kernel",
     "autotune_enabled",
+    "selected_choices",
     "tuned_configs",
 ]
 
@@ -69,6 +70,17 @@ def autotune_enabled() -> bool:
     return value in ("1", "true", "on", "yes")
 
 
+def selected_choices(choices: list) -> list:
+    """The configs of ``choices`` that the environment leaves to the autotuner: the i-th alone
+    with ``AP3D_TRITON_CONFIG=i``, the first alone with ``AP3D_TRITON_AUTOTUNE=0``, else all."""
+    pinned = os.environ.get("AP3D_TRITON_CONFIG", "").strip()
+    if pinned:
+        if not pinned.isdigit() or int(pinned) >= len(choices):
+            raise ValueError(f"AP3D_TRITON_CONFIG must be a config index 0..{len(choices) - 1}, got {pinned!r}")
+        return choices[int(pinned):int(pinned) + 1]
+    return list(choices) if autotune_enabled() else choices[:1]
+
+
 # Autotuning space on GPU, keyed on (HW, C, Ck) (and the dtypes): (BLOCK_M, BLOCK_N, num_warps,
 # num_stages); the value block BLOCK_C is chosen by the launcher (all of C up to 128 per program).
 # Chosen from AOT builds for sm_90 (cubin resource usage): in bf16 each list holds configs that
@@ -90,13 +102,7 @@ def _configs(block_names: tuple[str, ...], gpu_choices: list[tuple]) -> list:
     small set covering the paper's stage-2/3 shapes (HW 128..512, C 128..1024)."""
     if INTERPRETED:
         return [triton.Config({name: 16 for name in block_names}, num_warps=4, num_stages=1)]
-    pinned = os.environ.get("AP3D_TRITON_CONFIG", "").strip()
-    if pinned:
-        if not pinned.isdigit() or int(pinned) >= len(gpu_choices):
-            raise ValueError(f"AP3D_TRITON_CONFIG must be a config index 0..{len(gpu_choices) - 1}, got {pinned!r}")
-        chosen = gpu_choices[int(pinned):int(pinned) + 1]
-    else:
-        chosen = gpu_choices if autotune_enabled() else gpu_choices[:1]
+    chosen = selected_choices(gpu_choices)
     return [
         triton.Config(dict(zip(block_names, blocks)), num_warps=warps, num_stages=stages)
         for (*blocks, warps, stages) in chosen
