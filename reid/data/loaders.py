@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from typing import Optional, Sequence
 
@@ -80,10 +81,19 @@ class TestClipDataset(Dataset):
         return self.transform(frames), i
 
 
+# Loader workers run at the lowest CPU priority: the training process's intra-op threads then
+# keep the cores whenever both want them (a worker that preempts one thread stalls the whole
+# parallel region), and workers still get every idle moment, all of them while the trainer
+# waits for data. Measured on 2 cores, default run: 118.0/118.6 s vs 124.0/120.1 s end to end.
+WORKER_NICENESS = 19
+
+
 def _worker_init(_):
     # Each worker decodes one clip at a time; letting every worker spawn a full set of intra-op
     # threads oversubscribes the CPU and slows the whole loader down.
     torch.set_num_threads(1)
+    if hasattr(os, "nice"):
+        os.nice(WORKER_NICENESS)
 
 
 def _loader_kwargs(num_workers, pin_memory):
