@@ -262,7 +262,7 @@ def gpu_peaks(device):
 
 
 # ------------------------------------------------------------------------------------------------
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # no prefix matching
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=None, help="clips per batch (default: 8 on cpu, 32 on cuda)")
@@ -275,19 +275,25 @@ def main(argv=None):
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is available")
-    B = args.batch or (8 if device.type == "cpu" else 32)
-    T = args.frames
-    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    impls = implementations(device, flex=not args.no_flex)
+    args.batch = args.batch or (8 if args.device.type == "cpu" else 32)
+    args.dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    return args
 
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def run_facts(args, impls) -> dict:
+    """Machine facts, the run's settings, the kernel ISA (CPU) or the card's peaks (CUDA), GEMM rates."""
+    device = args.device
     meta = {
         **machine_facts(device),  # date, commit, CPU model + ISA flags, threads, versions, load average
-        "batch": B,
-        "frames": T,
+        "batch": args.batch,
+        "frames": args.frames,
         "time_dim": 3,
         "impls": list(impls),
         "timing": f"fastest of {args.repeats} runs after {args.warmup} warm-up runs",
@@ -302,30 +308,38 @@ def main(argv=None):
     else:
         meta["gpu"], peaks = gpu_peaks(device)
         meta["gpu_peaks"] = dict(zip(["fp32_tflops", "bf16_tflops", "tb_per_s"], peaks)) if peaks else None
-
-    n = 2048 if device.type == "cpu" else 8192
+    meta["gemm_size"] = 2048 if device.type == "cpu" else 8192
     # Measured again at the end; the higher rate is kept (interference only lowers it).
-    meta["gemm_gflops"] = {str(dt).replace("torch.", ""): gemm_rate(device, dt, n) / 1e9 for dt in dtypes}
-    print(f"# APM benchmark on {device} ({meta.get('gpu', meta['cpu'])}), torch {torch.__version__}, "
-          f"{meta['threads']} threads, load {meta['load_avg_start'][0]:.2f}")
-    for dt, r in meta["gemm_gflops"].items():
-        print(f"# {dt} GEMM (torch.mm {n}x{n}): {r:.1f} GFLOP/s")
+    meta["gemm_gflops"] = {dtype_name(dt): gemm_rate(device, dt, meta["gemm_size"]) / 1e9 for dt in args.dtypes}
+    return meta
 
-    rows, failures = [], []
-    stem = os.path.join(args.out_dir, f"apm_{device.type}")
-    for dtype in dtypes:
-        dname = str(dtype).replace("torch.", "")
+
+def try_measure(fn, inputs, device, warmup, repeats, failures: list, where: dict, label: str):
+    """measure(), or None with the error printed and kept in ``failures``: one implementation
+    that cannot run (a shape a kernel does not support, a compile error) must not lose the others."""
+    try:
+        return measure(fn, inputs, device, warmup, repeats)
+    except Exception as exc:  # noqa: BLE001
+        print(f"{label} FAILED: {type(exc).__name__}: {exc}", flush=True)
+        failures.append({**where, "error": f"{type(exc).__name__}: {exc}"})
+        return None
+
+
+def stage_rows(args, impls, meta, failures, stem) -> list:
+    """Every implementation at the paper's stage-2/3 shapes, in every dtype; results written after each row."""
+    device, B, T = args.device, args.batch, args.frames
+    rows = []
+    for dtype in args.dtypes:
+        dname = dtype_name(dtype)
         for stage, (C, H, W) in STAGES.items():
             inputs = make_inputs(B, C, T, H, W, device, dtype)
             fflops = apm_forward_flops(B, C, T, H * W, C // 16, 3, True)
             bflops = apm_backward_flops(B, C, T, H * W, C // 16, 3, True)
             sdpa_choice = sdpa_backend_name(device, dtype, C, H * W)
             for name, fn in impls.items():
-                try:
-                    r = measure(fn, inputs, device, args.warmup, args.repeats)
-                except Exception as exc:  # one failing implementation must not lose the other rows
-                    print(f"{dname:8s} {stage} {name:26s} FAILED: {type(exc).__name__}: {exc}", flush=True)
-                    failures.append({"stage": stage, "dtype": dname, "impl": name, "error": f"{type(exc).__name__}: {exc}"})
+                r = try_measure(fn, inputs, device, args.warmup, args.repeats, failures,
+                                {"stage": stage, "dtype": dname, "impl": name}, f"{dname:8s} {stage} {name:26s}")
+                if r is None:
                     continue
                 r.update(stage=stage, dtype=dname, impl=name, C=C, H=H, W=W, B=B, T=T)
                 add_rates(r, fn, meta, dtype, fflops, bflops, device)
@@ -342,35 +356,51 @@ def main(argv=None):
                 # Written after every row: a run stopped at its time limit keeps what it measured.
                 write_results(stem, {"meta": meta, "rows": rows, "sweep": [], "failures": failures},
                               render_markdown(meta, rows, []))
+    return rows
 
-    sweep = []
-    if not args.no_sweep:
-        dtype = dtypes[0]
-        for H, W in SWEEP:
-            inputs = make_inputs(args.sweep_batch, 128, T, H, W, device, dtype, seed=1)
-            for name, fn in impls.items():
-                if getattr(fn, "core_only", False):
-                    continue
-                try:
-                    r = measure(fn, inputs, device, warmup=1, repeats=3)
-                except Exception as exc:
-                    print(f"sweep HW={H * W:5d} {name:14s} FAILED: {type(exc).__name__}: {exc}", flush=True)
-                    failures.append({"sweep_hw": H * W, "impl": name, "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-                r.update(impl=name, HW=H * W, H=H, W=W, C=128, B=args.sweep_batch, T=T,
-                         dtype=str(dtype).replace("torch.", ""))
-                sweep.append(r)
-                print(f"sweep HW={H * W:5d} {name:14s} fwd+bwd {r['fwd_bwd_ms']:9.2f} ms  peak fwd "
-                      f"{r['fwd_peak_mib']:8.1f} MiB  fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
-        meta["memory_growth_exponent"] = {}
-        for name in dict.fromkeys(r["impl"] for r in sweep):
-            pts = [(r["HW"], r["fwd_bwd_peak_mib"]) for r in sweep if r["impl"] == name]
-            (h0, m0), (h1, m1) = pts[0], pts[-1]
-            meta["memory_growth_exponent"][name] = math.log(m1 / m0) / math.log(h1 / h0)
 
-    for dt in dtypes:
-        key = str(dt).replace("torch.", "")
-        meta["gemm_gflops"][key] = max(meta["gemm_gflops"][key], gemm_rate(device, dt, n) / 1e9)
+def hw_sweep(args, impls, meta, failures) -> list:
+    """Forward+backward time and peak memory over HW = 128 .. 2048 (C=128), and memory's growth exponent."""
+    dtype, T, sweep = args.dtypes[0], args.frames, []
+    for H, W in SWEEP:
+        inputs = make_inputs(args.sweep_batch, 128, T, H, W, args.device, dtype, seed=1)
+        for name, fn in impls.items():
+            if getattr(fn, "core_only", False):
+                continue
+            r = try_measure(fn, inputs, args.device, 1, 3, failures, {"sweep_hw": H * W, "impl": name},
+                            f"sweep HW={H * W:5d} {name:14s}")
+            if r is None:
+                continue
+            r.update(impl=name, HW=H * W, H=H, W=W, C=128, B=args.sweep_batch, T=T, dtype=dtype_name(dtype))
+            sweep.append(r)
+            print(f"sweep HW={H * W:5d} {name:14s} fwd+bwd {r['fwd_bwd_ms']:9.2f} ms  peak fwd "
+                  f"{r['fwd_peak_mib']:8.1f} MiB  fwd+bwd {r['fwd_bwd_peak_mib']:8.1f} MiB", flush=True)
+    meta["memory_growth_exponent"] = {}
+    for name in dict.fromkeys(r["impl"] for r in sweep):
+        pts = [(r["HW"], r["fwd_bwd_peak_mib"]) for r in sweep if r["impl"] == name]
+        (h0, m0), (h1, m1) = pts[0], pts[-1]
+        meta["memory_growth_exponent"][name] = math.log(m1 / m0) / math.log(h1 / h0)
+    return sweep
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device
+    impls = implementations(device, flex=not args.no_flex)
+    meta = run_facts(args, impls)
+    print(f"# APM benchmark on {device} ({meta.get('gpu', meta['cpu'])}), torch {torch.__version__}, "
+          f"{meta['threads']} threads, load {meta['load_avg_start'][0]:.2f}")
+    for dt, r in meta["gemm_gflops"].items():
+        print(f"# {dt} GEMM (torch.mm {meta['gemm_size']}x{meta['gemm_size']}): {r:.1f} GFLOP/s")
+
+    failures = []
+    stem = os.path.join(args.out_dir, f"apm_{device.type}")
+    rows = stage_rows(args, impls, meta, failures, stem)
+    sweep = [] if args.no_sweep else hw_sweep(args, impls, meta, failures)
+
+    for dt in args.dtypes:
+        key = dtype_name(dt)
+        meta["gemm_gflops"][key] = max(meta["gemm_gflops"][key], gemm_rate(device, dt, meta["gemm_size"]) / 1e9)
     for r in rows:
         r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][r["dtype"]]
     meta["load_avg_end"] = list(os.getloadavg())
@@ -393,8 +423,7 @@ def add_rates(r, fn, meta, dtype, fflops, bflops, device):
         fflops, bflops = flex_core_flops(B, C, T, H * W, C // 16, 2)
     r["fwd_gflops"] = fflops / (r["fwd_ms"] * 1e-3) / 1e9
     r["fwd_bwd_gflops"] = (fflops + bflops) / (r["fwd_bwd_ms"] * 1e-3) / 1e9 if r["fwd_bwd_ms"] else None
-    dname = str(dtype).replace("torch.", "")
-    r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dname]
+    r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][dtype_name(dtype)]
     if device.type == "cuda":
         # Compulsory traffic of the whole APM forward: read x once, write the 3T-frame output.
         x_bytes = B * C * T * H * W * torch.tensor([], dtype=dtype).element_size()
