@@ -115,9 +115,12 @@ precompile_configs() {
   local pids=() i
   for i in $(seq 0 $((n - 1))); do
     AP3D_TRITON_CONFIG=$i "$PY" -c '
+import sys
 import torch
+sys.path.insert(0, "bench")
+from bench_apm import STAGES  # the shapes the tuned benchmark runs
 from ap3d_kernels import apm
-for C, H, W in ((128, 32, 16), (256, 16, 8)):  # bench_apm.py stage 2 and stage 3
+for C, H, W in STAGES.values():
     for dtype in (torch.float32, torch.bfloat16):
         ck = C // 16
         x = torch.randn(2, C, 4, H, W, device="cuda", dtype=dtype, requires_grad=True)
