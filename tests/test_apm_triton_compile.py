@@ -104,9 +104,10 @@ def fwd(dtype, contrastive=True, row_max=False, arch=90, blocks=(64, 64, 128), w
                                 PREC=prec or PREC[dtype], BLOCK_M=m, BLOCK_N=n, BLOCK_C=c))
 
 
-def rowdot(dtype, arch=90):
+def rowdot(dtype, contrastive=True, to_p=False, arch=90):
     return dict(kernel="apm_bwd_rowdot_kernel", dtype=dtype, arch=arch, num_warps=4, num_stages=2,
-                constexprs=dict(TIME_DIM=5, BLOCK_M=64, BLOCK_C=128))
+                constexprs=dict(TIME_DIM=5, CKP=16, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=to_p, BLOCK_M=64,
+                                BLOCK_C=128))
 
 
 def dx(dtype, contrastive=True, arch=90, blocks=(64, 64, 128), warps=4, stages=2):
@@ -144,7 +145,7 @@ def test_every_kernel_compiles_to_a_cubin_for_hopper_in_16_bit_and_fp32():
     """One case per kernel, covering bf16, fp16 and IEEE fp32 dots and the flags' branches."""
     compile_cases([
         fwd("bf16"),
-        rowdot("bf16"),
+        rowdot("bf16", to_p=True),
         dx("fp16"),
         dkdq("dk", "bf16", to_p=True, one_c=False),
         dkdq("dq", "fp32", to_p=True, one_c=True),
@@ -158,7 +159,7 @@ def test_every_kernel_and_branch_compiles(arch, dtype):
     cases = [fwd(dtype, contrastive, row_max, arch=arch) for contrastive, row_max in ((True, False), (True, True), (False, False))]
     if dtype == "fp32":
         cases.append(fwd("fp32", arch=arch, prec="tf32"))
-    cases.append(rowdot(dtype, arch=arch))
+    cases += [rowdot(dtype, contrastive, to_p, arch=arch) for contrastive, to_p in ((True, False), (True, True), (False, False))]
     cases += [dx(dtype, contrastive, arch=arch) for contrastive in (True, False)]
     for contrastive, to_p in ((True, False), (True, True), (False, False)):
         for one_c in (True, False):

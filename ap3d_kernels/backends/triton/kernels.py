@@ -9,10 +9,11 @@ P @ vphi`` is accumulated beside ``P @ V``, the gate is known at the end of the 
 program, so the value dimension C can be split across programs (C up to 2048 and beyond).
 
 Backward (FlashAttention-2 style, deterministic, no atomics): a pre-pass computes ``R =
-rowsum(dz * z)`` per pair row; kernels recompute ``P`` tile by tile from the saved log-sum-exp:
-one per key block for the key gradient, ``P^T dphi`` (the gradient of ``vphi``) and, when C fits
-one channel block, dx as well (FlashAttention-2's fused dK/dV), else a separate dx kernel split
-over channel chunks; and one per query block for the query gradient.
+rowsum(dz * z)`` per pair row, and from it the gate's gradients and ``delta``; kernels
+recompute ``P`` tile by tile from the saved log-sum-exp: one per key block for the key
+gradient, ``P^T dphi`` (the gradient of ``vphi``) and, when C fits one channel block, dx as well
+(FlashAttention-2's fused dK/dV), else a separate dx kernel split over channel chunks; and one
+per query block for the query gradient.
 
 Numerics: accumulation is fp32 (fp64 for fp64 inputs, so ``gradcheck`` is meaningful); for
 fp16/bf16 inputs q and k enter ``tl.dot`` as fp16 (3 more mantissa bits than bf16). fp32
@@ -219,34 +220,55 @@ def apm_fwd_kernel(
 
 @triton.jit
 def apm_bwd_rowdot_kernel(
-    DOUT, OUT, R,
-    T, HW, C,
+    DOUT, OUT, GATE, PHI, TW, DELTA, DPHI, DTW,
+    T, HW, C, CK,
     stride_b, stride_c, stride_t,
-    TIME_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr, GATE_GRAD_TO_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """R[b, t, nb, i] = sum_c dz * z over the neighbour slots (FlashAttention's delta pre-pass)."""
+    """The backward's pre-pass for one centre frame's BLOCK_M rows, over its N-1 neighbour slots:
+    R = sum_c dz * z (FlashAttention's delta) and, with the gate, dlogit = (1 - a) R, dphi =
+    dlogit * tw (per slot) and dtw = sum over slots of dlogit * phi; delta = R, plus dphi . phi
+    when the gate's input is not detached. One launch instead of a kernel and six elementwise ops."""
     HALF: tl.constexpr = TIME_DIM // 2
     NB: tl.constexpr = TIME_DIM - 1
     n_m = tl.cdiv(HW, BLOCK_M)
     pid_m = tl.program_id(0) % n_m
-    pid_p = tl.program_id(0) // n_m
-    nb = pid_p % NB
-    bt = pid_p // NB
+    bt = tl.program_id(0) // n_m
     t = bt % T
     b = (bt // T).to(tl.int64)
-    slot = nb + (nb >= HALF).to(tl.int32)
+    ACC = DELTA.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < HW
-    base = b * stride_b + (t * TIME_DIM + slot) * stride_t
-    acc = tl.zeros([BLOCK_M], dtype=R.dtype.element_ty)
-    for start_c in range(0, C, BLOCK_C):
-        offs_c = start_c + tl.arange(0, BLOCK_C)
-        mask = mask_m[None, :] & (offs_c < C)[:, None]
-        ptrs = base + offs_c[:, None] * stride_c + offs_m[None, :]
-        dz = tl.load(DOUT + ptrs, mask=mask, other=0.0).to(R.dtype.element_ty)
-        z = tl.load(OUT + ptrs, mask=mask, other=0.0).to(R.dtype.element_ty)
-        acc += tl.sum(dz * z, 0)
-    tl.store(R + ((b * T + t) * NB + nb) * HW + offs_m, acc, mask=mask_m)
+    offs_d = tl.arange(0, CKP)
+    mask_md = mask_m[:, None] & (offs_d < CK)[None, :]
+    if CONTRASTIVE:
+        tw = tl.load(TW + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :], mask=mask_md, other=0.0)
+        dtw = tl.zeros([BLOCK_M, CKP], dtype=ACC)
+    for nb in tl.static_range(NB):
+        slot = nb + (nb >= HALF)
+        base = b * stride_b + (t * TIME_DIM + slot) * stride_t
+        r = tl.zeros([BLOCK_M], dtype=ACC)
+        for start_c in range(0, C, BLOCK_C):
+            offs_c = start_c + tl.arange(0, BLOCK_C)
+            mask = mask_m[None, :] & (offs_c < C)[:, None]
+            ptrs = base + offs_c[:, None] * stride_c + offs_m[None, :]
+            dz = tl.load(DOUT + ptrs, mask=mask, other=0.0).to(ACC)
+            z = tl.load(OUT + ptrs, mask=mask, other=0.0).to(ACC)
+            r += tl.sum(dz * z, 0)
+        row = ((b * T + t) * NB + nb) * HW + offs_m  # index into [B, T, NB, HW]
+        delta = r
+        if CONTRASTIVE:
+            dlogit = (1.0 - tl.load(GATE + row, mask=mask_m, other=0.0)) * r
+            phi = tl.load(PHI + row[:, None] * CK + offs_d[None, :], mask=mask_md, other=0.0)
+            dphi = dlogit[:, None] * tw
+            tl.store(DPHI + row[:, None] * CK + offs_d[None, :], dphi, mask=mask_md)
+            dtw += dlogit[:, None] * phi
+            if GATE_GRAD_TO_P:
+                delta = r + tl.sum(dphi * phi, 1)
+        tl.store(DELTA + row, delta, mask=mask_m)
+    if CONTRASTIVE:
+        tl.store(DTW + ((b * T + t) * HW + offs_m[:, None]) * CK + offs_d[None, :], dtw, mask=mask_md)
 
 
 @triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)

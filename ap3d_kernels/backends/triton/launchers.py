@@ -152,25 +152,26 @@ def launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, 
     qk = q.to(_qk_dtype(x.dtype))
     strides = (x.stride(0), x.stride(1), x.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
 
-    # R = rowsum(dz * z) per (pair, row). With z = a y: dL/dlogit = (1 - a) R and
-    # delta = rowsum(dy * y) = R, exactly and without dividing by a (which may underflow).
-    rowdot = x.new_empty((B, T, nb, HW), dtype=acc)
-    block_m = 16 if INTERPRETED else 64
-    apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m) * B * T * nb,)](
-        dout, out, rowdot, T, HW, C, dout.stride(0), dout.stride(1), dout.stride(2),
-        TIME_DIM=time_dim, BLOCK_M=block_m, BLOCK_C=block_c,
-    )
+    # One pre-pass: R = rowsum(dz * z) per (pair, row) and, with the gate, dlogit = (1 - a) R
+    # (exactly, without dividing by a, which may underflow), dphi = dlogit tw, dtw = sum over
+    # pairs of dlogit phi, and delta = R (+ dphi . phi when the gate's input is not detached:
+    # phi = P vphi then also sends dP += dphi vphi^T).
     gate_grad_to_p = contrastive and not detach_gate_inputs
+    delta = x.new_empty((B, T, nb, HW), dtype=acc)
     if contrastive:
-        dlogit = (1.0 - gate) * rowdot  # [B, T, NB, HW]
-        dphi = dlogit.unsqueeze(-1) * tw.unsqueeze(2)  # dL/dphi(y), [B, T, NB, HW, Ck]
-        dtw = (dlogit.unsqueeze(-1) * phi).sum(2)
-        # Undetached gate: phi = P vphi also sends dP += dphi vphi^T, which adds dphi . phi to delta.
-        delta = rowdot + (dphi * phi).sum(-1) if gate_grad_to_p else rowdot
+        dphi = x.new_empty((B, T, nb, HW, ck), dtype=acc)  # dL/dphi(y)
+        dtw = x.new_empty((B, T, HW, ck), dtype=acc)
         dvphi = torch.empty_like(vphi)
     else:
         dphi = dvphi = dtw = None
-        delta = rowdot
+    block_m = 16 if INTERPRETED else 64
+    apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m) * B * T,)](
+        dout, out, gate if contrastive else delta, phi if contrastive else delta, tw if contrastive else delta,
+        delta, dphi if contrastive else delta, dtw if contrastive else delta,
+        T, HW, C, ck, dout.stride(0), dout.stride(1), dout.stride(2),
+        TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=gate_grad_to_p,
+        BLOCK_M=block_m, BLOCK_C=block_c,
+    )
 
     dx = torch.empty_like(x)
     if not one_c:  # otherwise the dk kernel computes dx from the same tiles
