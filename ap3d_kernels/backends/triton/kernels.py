@@ -429,7 +429,7 @@ def apm_bwd_dk_kernel(
 @triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
 @triton.jit
 def apm_bwd_dq_kernel(
-    DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DQ,
+    DOUT, X, Q, VPHI, LSE, GATE, DELTA, DPHI, DQK,
     scale,
     T, HW, C, CK,
     stride_xb, stride_xc, stride_xt,
@@ -439,7 +439,8 @@ def apm_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Centre frame t, BLOCK_M positions: dq = scale * sum over its neighbours and key blocks
-    of dS k, with dS = P (dP - delta) recomputed tile by tile."""
+    of dS k, with dS = P (dP - delta) recomputed tile by tile. DQK holds the key gradient of
+    the same rows on entry (q and k are one tensor), and the sum on exit: no separate add."""
     HALF: tl.constexpr = TIME_DIM // 2
     n_m = tl.cdiv(HW, BLOCK_M)
     pid_m = tl.program_id(0) % n_m
@@ -503,7 +504,8 @@ def apm_bwd_dq_kernel(
                             dp = tl.dot(dphi, tl.trans(vphi), dp, input_precision=PREC, out_dtype=ACC)
                     ds = p * (dp - delta[:, None])
                     dq = tl.dot(ds.to(DT), k.to(DT), dq, input_precision=PREC, out_dtype=ACC)
-    tl.store(DQ + qd_ptrs, dq * scale, mask=mask_md)
+    dk = tl.load(DQK + qd_ptrs, mask=mask_md, other=0.0)
+    tl.store(DQK + qd_ptrs, dk + dq * scale, mask=mask_md)
 
 
 def tuned_configs() -> dict[str, dict[str, str]]:

@@ -188,15 +188,15 @@ def launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, 
         TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=gate_grad_to_p,
         PREC=prec, ONE_C=one_c, WITH_DX=one_c, BLOCK_C=block_c,
     )
-    dq = torch.empty_like(q)
+    dqk = dk  # the dq kernel adds dq to dk in place (q and k are one tensor)
     apm_bwd_dq_kernel[lambda meta: (triton.cdiv(HW, meta["BLOCK_M"]) * B * T,)](
         dout, x, qk, vphi if contrastive else q, lse, gate if contrastive else lse, delta,
-        dphi if contrastive else q, dq,
+        dphi if contrastive else q, dqk,
         scale, T, HW, C, ck, *strides,
         TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=gate_grad_to_p,
         PREC=prec, ONE_C=one_c, BLOCK_C=block_c,
     )
     if not contrastive:  # two distinct empties: op outputs must not alias each other
         dvphi, dtw = x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
-    return _as_format(dx, B, H, W, fmt), dq + dk, dvphi, dtw
+    return _as_format(dx, B, H, W, fmt), dqk, dvphi, dtw
 
