@@ -104,6 +104,11 @@ def fwd(dtype, contrastive=True, row_max=False, arch=90, blocks=(64, 64, 128), w
                                 PREC=prec or PREC[dtype], BLOCK_M=m, BLOCK_N=n, BLOCK_C=c))
 
 
+def fill(dtype, contrastive=True, arch=90):
+    return dict(kernel="apm_fwd_fill_kernel", dtype=dtype, arch=arch, num_warps=4, num_stages=2,
+                constexprs=dict(TIME_DIM=3, CKP=16, CONTRASTIVE=contrastive, BLOCK_M=64, BLOCK_C=128))
+
+
 def rowdot(dtype, contrastive=True, to_p=False, arch=90):
     return dict(kernel="apm_bwd_rowdot_kernel", dtype=dtype, arch=arch, num_warps=4, num_stages=2,
                 constexprs=dict(TIME_DIM=5, CKP=16, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=to_p, BLOCK_M=64,
@@ -145,6 +150,7 @@ def test_every_kernel_compiles_to_a_cubin_for_hopper_in_16_bit_and_fp32():
     """One case per kernel, covering bf16, fp16 and IEEE fp32 dots and the flags' branches."""
     compile_cases([
         fwd("bf16"),
+        fill("bf16"),
         rowdot("bf16", to_p=True),
         dx("fp16"),
         dkdq("dk", "bf16", to_p=True, one_c=False),
@@ -160,6 +166,7 @@ def test_every_kernel_and_branch_compiles(arch, dtype):
     if dtype == "fp32":
         cases.append(fwd("fp32", arch=arch, prec="tf32"))
     cases += [rowdot(dtype, contrastive, to_p, arch=arch) for contrastive, to_p in ((True, False), (True, True), (False, False))]
+    cases += [fill(dtype, contrastive, arch=arch) for contrastive in (True, False)]
     cases += [dx(dtype, contrastive, arch=arch) for contrastive in (True, False)]
     for contrastive, to_p in ((True, False), (True, True), (False, False)):
         for one_c in (True, False):

@@ -42,6 +42,7 @@ __all__ = [
     "INTERPRETED",
     "GPU_CONFIG_CHOICES",
     "apm_fwd_kernel",
+    "apm_fwd_fill_kernel",
     "apm_bwd_rowdot_kernel",
     "apm_bwd_dx_kernel",
     "apm_bwd_dk_kernel",
@@ -216,6 +217,55 @@ def apm_fwd_kernel(
         if CONTRASTIVE:
             tl.store(GATE + row, gate, mask=mask_m)
             tl.store(PHI + row[:, None] * CK + offs_d[None, :], phi, mask=mask_m[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def apm_fwd_fill_kernel(
+    X, OUT, LSE, GATE, PHI,
+    T, HW, C, CK,
+    stride_xb, stride_xc, stride_xt,
+    stride_ob, stride_oc, stride_ot,
+    TIME_DIM: tl.constexpr, CKP: tl.constexpr, CONTRASTIVE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """What the attention kernel leaves out, for one centre frame's BLOCK_M positions: the
+    centre slot (x itself) and each zero-padded neighbour slot (t + offset outside the clip):
+    zeros, with the reference's statistics (uniform softmax over zero keys: lse = log HW, gate
+    0.5, phi 0). One launch instead of a copy, fills and a zeroing per padded slot."""
+    HALF: tl.constexpr = TIME_DIM // 2
+    NB: tl.constexpr = TIME_DIM - 1
+    n_m = tl.cdiv(HW, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    bt = tl.program_id(0) // n_m
+    t = bt % T
+    b = (bt // T).to(tl.int64)
+    ACC = LSE.dtype.element_ty
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < HW
+    x_base = X + b * stride_xb + t * stride_xt
+    centre = OUT + b * stride_ob + (t * TIME_DIM + HALF) * stride_ot
+    for start_c in range(0, C, BLOCK_C):
+        offs_c = start_c + tl.arange(0, BLOCK_C)
+        mask = mask_m[None, :] & (offs_c < C)[:, None]
+        v = tl.load(x_base + offs_c[:, None] * stride_xc + offs_m[None, :], mask=mask, other=0.0)
+        tl.store(centre + offs_c[:, None] * stride_oc + offs_m[None, :], v, mask=mask)
+    for nb in tl.static_range(NB):
+        slot = nb + (nb >= HALF)
+        src = t + slot - HALF
+        if (src < 0) | (src >= T):
+            o = OUT + b * stride_ob + (t * TIME_DIM + slot) * stride_ot
+            zeros = tl.zeros([BLOCK_C, BLOCK_M], dtype=OUT.dtype.element_ty)
+            for start_c in range(0, C, BLOCK_C):
+                offs_c = start_c + tl.arange(0, BLOCK_C)
+                mask = mask_m[None, :] & (offs_c < C)[:, None]
+                tl.store(o + offs_c[:, None] * stride_oc + offs_m[None, :], zeros, mask=mask)
+            row = ((b * T + t) * NB + nb) * HW + offs_m  # index into [B, T, NB, HW]
+            tl.store(LSE + row, tl.log(tl.zeros([BLOCK_M], dtype=ACC) + HW), mask=mask_m)
+            if CONTRASTIVE:
+                tl.store(GATE + row, tl.zeros([BLOCK_M], dtype=ACC) + 0.5, mask=mask_m)
+                offs_d = tl.arange(0, CKP)
+                tl.store(PHI + row[:, None] * CK + offs_d[None, :], tl.zeros([BLOCK_M, CKP], dtype=ACC),
+                         mask=mask_m[:, None] & (offs_d < CK)[None, :])
 
 
 @triton.jit

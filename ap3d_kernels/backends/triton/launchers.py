@@ -2,8 +2,6 @@
 block sizes and launch (called inside the registered operators, ``ops.py``)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 
@@ -14,6 +12,7 @@ from .kernels import (
     apm_bwd_dq_kernel,
     apm_bwd_dx_kernel,
     apm_bwd_rowdot_kernel,
+    apm_fwd_fill_kernel,
     apm_fwd_kernel,
 )
 
@@ -93,29 +92,26 @@ def launch_forward(x, q, vphi, tw, scale, time_dim, contrastive):
     q, vphi, tw = (None if t is None else t.contiguous() for t in (q, vphi, tw))
     ck = q.shape[-1]
     nb = time_dim - 1
-    half = time_dim // 2
     acc = accumulation_dtype(x.dtype)
     out = x.new_empty((B, C, time_dim * T, HW))
-    frames = out.view(B, C, T, time_dim, HW)
-    frames[:, :, :, half].copy_(x)  # the centre frames are the input itself
-    for t in range(T):  # zero-padded neighbours: reconstruction 0 (only the first/last frames)
-        for s in range(time_dim):
-            if s != half and not 0 <= t + s - half < T:
-                frames[:, :, t, s].zero_()
-    # Saved for the backward; the zero-padded pairs keep the reference's values for them
-    # (uniform softmax over zero keys: lse = log(HW); gate 0.5, phi 0); the kernels skip them.
-    lse = x.new_full((B, T, nb, HW), math.log(HW), dtype=acc)
-    if contrastive:
-        gate = x.new_full((B, T, nb, HW), 0.5, dtype=acc)
-        phi = x.new_zeros((B, T, nb, HW, ck), dtype=acc)
-    else:
-        gate = x.new_empty((0,), dtype=acc)
-        phi = x.new_empty((0,), dtype=acc)
+    lse = x.new_empty((B, T, nb, HW), dtype=acc)
+    gate = x.new_empty((B, T, nb, HW) if contrastive else (0,), dtype=acc)
+    phi = x.new_empty((B, T, nb, HW, ck) if contrastive else (0,), dtype=acc)
+    block_c = _value_block(C)
+    block_m = 16 if INTERPRETED else 64
+    # The centre slots (x itself) and the zero-padded neighbours with the reference's statistics
+    # for them (the attention kernel below writes only the real pairs).
+    apm_fwd_fill_kernel[(triton.cdiv(HW, block_m) * B * T,)](
+        x, out, lse, gate if contrastive else lse, phi if contrastive else lse,
+        T, HW, C, ck,
+        x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        TIME_DIM=time_dim, CKP=_key_dim_padded(ck), CONTRASTIVE=contrastive, BLOCK_M=block_m, BLOCK_C=block_c,
+    )
     pairs = _pair_table(T, time_dim, x.device)
     n_pairs = pairs.shape[0]
     if n_pairs == 0:  # T = 1: every neighbour is padding
         return _as_format(out, B, H, W, fmt), lse, gate, phi
-    block_c = _value_block(C)
 
     def grid(meta):
         return (triton.cdiv(HW, meta["BLOCK_M"]) * B * n_pairs, triton.cdiv(C, block_c))
