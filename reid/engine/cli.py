@@ -21,6 +21,10 @@ def run_command(body: Callable[[], object]) -> int:
     """``body()`` then 0; an expected error's message and 1 (2 for a non-finite loss)."""
     try:
         body()
+        # Every rank ends together: the others wait for rank 0's plots, then all tear the
+        # process group down at once (one rank destroying it while its peer still ran was
+        # seen aborting in gloo's teardown, once, in a loaded test run).
+        du.barrier()
         return 0
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
