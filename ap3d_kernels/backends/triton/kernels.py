@@ -220,6 +220,16 @@ def apm_fwd_kernel(
 
 
 @triton.jit
+def _centre_frame_rows(T, HW, BLOCK_M: tl.constexpr):
+    """Axis 0 of a grid of (clip, centre frame, row block), row block fastest: (b, t, rows, mask)."""
+    n_m = tl.cdiv(HW, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    bt = tl.program_id(0) // n_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    return (bt // T).to(tl.int64), bt % T, offs_m, offs_m < HW
+
+
+@triton.jit
 def apm_fwd_fill_kernel(
     X, OUT, LSE, GATE, PHI,
     T, HW, C, CK,
@@ -234,14 +244,8 @@ def apm_fwd_fill_kernel(
     0.5, phi 0). One launch instead of a copy, fills and a zeroing per padded slot."""
     HALF: tl.constexpr = TIME_DIM // 2
     NB: tl.constexpr = TIME_DIM - 1
-    n_m = tl.cdiv(HW, BLOCK_M)
-    pid_m = tl.program_id(0) % n_m
-    bt = tl.program_id(0) // n_m
-    t = bt % T
-    b = (bt // T).to(tl.int64)
+    b, t, offs_m, mask_m = _centre_frame_rows(T, HW, BLOCK_M)
     ACC = LSE.dtype.element_ty
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < HW
     x_base = X + b * stride_xb + t * stride_xt
     centre = OUT + b * stride_ob + (t * TIME_DIM + HALF) * stride_ot
     for start_c in range(0, C, BLOCK_C):
@@ -282,14 +286,8 @@ def apm_bwd_rowdot_kernel(
     when the gate's input is not detached. One launch instead of a kernel and six elementwise ops."""
     HALF: tl.constexpr = TIME_DIM // 2
     NB: tl.constexpr = TIME_DIM - 1
-    n_m = tl.cdiv(HW, BLOCK_M)
-    pid_m = tl.program_id(0) % n_m
-    bt = tl.program_id(0) // n_m
-    t = bt % T
-    b = (bt // T).to(tl.int64)
+    b, t, offs_m, mask_m = _centre_frame_rows(T, HW, BLOCK_M)
     ACC = DELTA.dtype.element_ty
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < HW
     offs_d = tl.arange(0, CKP)
     mask_md = mask_m[:, None] & (offs_d < CK)[None, :]
     if CONTRASTIVE:
