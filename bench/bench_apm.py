@@ -405,7 +405,8 @@ def main(argv=None):
         r["fwd_frac_of_gemm"] = r["fwd_gflops"] / meta["gemm_gflops"][r["dtype"]]
     meta["load_avg_end"] = list(os.getloadavg())
     if device.type == "cuda" and "triton" in available_backends(device):
-        from ap3d_kernels.backends.triton.kernels import autotune_enabled, tuned_configs
+        from ap3d_kernels.backends.triton.configs import autotune_enabled
+        from ap3d_kernels.backends.triton.kernels import tuned_configs
 
         meta["triton_autotune"] = autotune_enabled()
         meta["triton_configs_chosen"] = tuned_configs()

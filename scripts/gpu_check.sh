@@ -111,7 +111,7 @@ EOF
 # times them (compiling them one after another inside it took over a minute per shape).
 precompile_configs() {
   local n
-  n=$("$PY" -c "from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES as g; print(len(g['fwd']))") || return 1
+  n=$("$PY" -c "from ap3d_kernels.backends.triton.configs import GPU_CONFIG_CHOICES as g; print(len(g['fwd']))") || return 1
   local pids=() i
   for i in $(seq 0 $((n - 1))); do
     AP3D_TRITON_CONFIG=$i "$PY" -c '

@@ -221,7 +221,7 @@ def test_gpu_forward_and_backward_never_synchronise_the_device():
 # Autotuning configs chosen by the environment
 # --------------------------------------------------------------------------------------------
 def test_autotuning_configs_follow_the_environment(monkeypatch):
-    from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES, selected_choices
+    from ap3d_kernels.backends.triton.configs import GPU_CONFIG_CHOICES, selected_choices
 
     choices = GPU_CONFIG_CHOICES["bwd_kv"]
     monkeypatch.delenv("AP3D_TRITON_CONFIG", raising=False)

@@ -177,7 +177,7 @@ def test_every_kernel_and_branch_compiles(arch, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, smem_limit", [(80, 166912), (90, 232448)])  # bytes per block
 def test_every_autotune_config_compiles_and_fits_shared_memory(arch, smem_limit):
-    from ap3d_kernels.backends.triton.kernels import GPU_CONFIG_CHOICES
+    from ap3d_kernels.backends.triton.configs import GPU_CONFIG_CHOICES
 
     cases = [fwd("bf16", blocks=(m, n, 128), warps=w, stages=s, arch=arch) for m, n, w, s in GPU_CONFIG_CHOICES["fwd"]]
     for m, n, w, s in GPU_CONFIG_CHOICES["bwd_kv"]:

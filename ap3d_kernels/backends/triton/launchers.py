@@ -35,6 +35,11 @@ def _value_block(C: int) -> int:
     return min(128, max(16, _next_pow2(C)))
 
 
+# Rows per program of the untuned per-row kernels (fill, backward pre-pass); small in the
+# interpreter, where every program is a Python loop.
+_ROW_BLOCK = 16 if INTERPRETED else 64
+
+
 def _fixed_offset_ok(scale: float, dtype: torch.dtype) -> bool:
     """Whether ``exp(S - scale)`` (values down to ``exp(-2 scale)``) keeps full precision once
     cast to the dtype of the ``P @ V`` operand; otherwise the kernel finds each row's max first."""
@@ -98,15 +103,14 @@ def launch_forward(x, q, vphi, tw, scale, time_dim, contrastive):
     gate = x.new_empty((B, T, nb, HW) if contrastive else (0,), dtype=acc)
     phi = x.new_empty((B, T, nb, HW, ck) if contrastive else (0,), dtype=acc)
     block_c = _value_block(C)
-    block_m = 16 if INTERPRETED else 64
     # The centre slots (x itself) and the zero-padded neighbours with the reference's statistics
     # for them (the attention kernel below writes only the real pairs).
-    apm_fwd_fill_kernel[(triton.cdiv(HW, block_m) * B * T,)](
+    apm_fwd_fill_kernel[(triton.cdiv(HW, _ROW_BLOCK) * B * T,)](
         x, out, lse, gate if contrastive else lse, phi if contrastive else lse,
         T, HW, C, ck,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        TIME_DIM=time_dim, CKP=_key_dim_padded(ck), CONTRASTIVE=contrastive, BLOCK_M=block_m, BLOCK_C=block_c,
+        TIME_DIM=time_dim, CKP=_key_dim_padded(ck), CONTRASTIVE=contrastive, BLOCK_M=_ROW_BLOCK, BLOCK_C=block_c,
     )
     pairs = _pair_table(T, time_dim, x.device)
     n_pairs = pairs.shape[0]
@@ -160,13 +164,12 @@ def launch_backward(dout, x, q, vphi, tw, out, lse, gate, phi, scale, time_dim, 
         dvphi = torch.empty_like(vphi)
     else:
         dphi = dvphi = dtw = None
-    block_m = 16 if INTERPRETED else 64
-    apm_bwd_rowdot_kernel[(triton.cdiv(HW, block_m) * B * T,)](
+    apm_bwd_rowdot_kernel[(triton.cdiv(HW, _ROW_BLOCK) * B * T,)](
         dout, out, gate if contrastive else delta, phi if contrastive else delta, tw if contrastive else delta,
         delta, dphi if contrastive else delta, dtw if contrastive else delta,
         T, HW, C, ck, dout.stride(0), dout.stride(1), dout.stride(2),
         TIME_DIM=time_dim, CKP=ckp, CONTRASTIVE=contrastive, GATE_GRAD_TO_P=gate_grad_to_p,
-        BLOCK_M=block_m, BLOCK_C=block_c,
+        BLOCK_M=_ROW_BLOCK, BLOCK_C=block_c,
     )
 
     dx = torch.empty_like(x)
