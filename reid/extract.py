@@ -212,6 +212,7 @@ def extract_folder(loaded, root: str, out: str, shard_size: int = 1024, restart:
 
 
 def main(argv=None) -> int:
+    from reid.engine.allocator import configure_allocator
     from reid.engine.checkpoint import CheckpointError
     from reid.engine.config import ConfigError
     from reid.inference import add_checkpoint_arguments, inference_overrides, load_trained_model, resolve_device
@@ -227,6 +228,7 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         loaded = load_trained_model(args.checkpoint, device, overrides=inference_overrides(args))
+        configure_allocator(loaded.cfg.malloc)
         extract_folder(loaded, args.root, args.out, shard_size=args.shard_size, restart=args.restart,
                        progress=not args.quiet, device=device)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:

@@ -17,6 +17,7 @@ import os
 import sys
 
 from .engine import distributed as du
+from .engine.allocator import configure_allocator
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .engine.cli import run_command
 from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
@@ -43,8 +44,10 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
     # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device),
     # and so are its precision and layout: they are chosen for THIS machine
-    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto")
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto",
+                               malloc="auto")
     cfg = load_config(args, base=base)
+    allocator = configure_allocator(cfg.malloc)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
     log = setup_logger(ckpt_dir, info.rank, filename="test_log.txt")
     ds = build_data(cfg, int(cfg.split_id), info)
@@ -54,7 +57,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     if info.is_main:
         log.info(f"{path}: {cfg.arch}, epoch {ckpt['epoch']}, {cfg.dataset} split {cfg.split_id}")
         log.info(ds.summary() if hasattr(ds, "summary") else cfg.dataset)
-        log.info(resolve_policy(cfg.amp, cfg.memory_format, info.device).describe())
+        log.info(f"{resolve_policy(cfg.amp, cfg.memory_format, info.device).describe()} | {allocator}")
     result = evaluate(model, ds, cfg, info.device)
     if info.is_main:
         result.update(checkpoint=os.path.abspath(path), epoch=int(ckpt["epoch"]), arch=cfg.arch)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .allocator import MALLOC_CHOICES
 from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
 
 __all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
@@ -49,7 +50,7 @@ class Config:
     random_erasing: bool = _f(False, "random erasing augmentation (not in the release)", "data")
     num_workers: int = _f(2, "data loader worker processes per rank", "data")
     test_clip_len: int = _f(32, "frames per clip at test time (every frame is used)", "data")
-    test_batch_size: int = _f(8, "clips per batch at test time", "data")
+    test_batch_size: int = _f(8, "clips per batch at test time (of shorter clips, as many as fit in as many frames)", "data")
     # --- model --------------------------------------------------------------------------------
     arch: str = _f("ap3d_resnet18", "network (reid.models.MODEL_NAMES)", "model")
     pretrained: Optional[str] = _f(None, "ImageNet weights file for the 2D backbone (never downloaded)", "model")
@@ -82,6 +83,8 @@ class Config:
     # --- run ----------------------------------------------------------------------------------
     amp: str = _f("auto", "mixed precision: auto (bf16 where the device computes it natively), none, bf16 or fp16 (CUDA)", "run")
     memory_format: str = _f("auto", "activation/weight layout: auto, contiguous or channels_last_3d", "run")
+    malloc: str = _f("auto", "host allocator: auto (glibc keeps freed memory for reuse instead of page-faulting it "
+                     "back in every step) or system (the C library's defaults)", "run")
     seed: int = _f(0, "random seed", "run")
     device: str = _f("auto", "auto, cpu or cuda", "run")
     output_dir: str = _f("runs/ap3d_synthetic", "directory for checkpoints, logs, TensorBoard and results", "run")
@@ -122,6 +125,8 @@ class Config:
             bad("amp", self.amp, "one of " + ", ".join(AMP_CHOICES))
         if self.memory_format not in MEMORY_FORMAT_CHOICES:
             bad("memory_format", self.memory_format, "one of " + ", ".join(MEMORY_FORMAT_CHOICES))
+        if self.malloc not in MALLOC_CHOICES:
+            bad("malloc", self.malloc, "one of " + ", ".join(MALLOC_CHOICES))
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "one of auto, cpu, cuda")
         check_device(self.device)

@@ -31,6 +31,7 @@ import yaml
 
 from ..losses import ReIDLoss
 from . import distributed as du
+from .allocator import configure_allocator
 from .builders import (
     build_data,
     build_grad_scaler,
@@ -92,6 +93,7 @@ class Trainer:
         self.device = info.device
         self.run_config = {**cfg.to_dict(), "split_id": split_id}  # stored in config.yaml and checkpoints
         self.policy = resolve_policy(cfg.amp, cfg.memory_format, self.device)  # precision + layout for this machine
+        self.allocator = configure_allocator(cfg.malloc)  # before the first big allocation and the workers' fork
         self.scaler = build_grad_scaler(self.policy.amp, self.device)
         seed_everything(cfg.seed)
         self.dataset = build_data(cfg, split_id, info)
@@ -213,7 +215,7 @@ class Trainer:
                 f"{cfg.seq_len}x{cfg.height}x{cfg.width} | {self.steps_per_epoch} steps/epoch | "
                 f"epochs {self.start_epoch}->{cfg.epochs}"
             )
-            _log().info(self.policy.describe())
+            _log().info(f"{self.policy.describe()} | {self.allocator}")
         self.t_start = time.time()
         self.completed = False
         try:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from data_fakes import make_folder, write_image
-from reid.data import (ClipTransform, IMAGENET_MEAN, IMAGENET_STD, RandomIdentityBatchSampler, Tracklet,
+from reid.data import (ClipLengthBatchSampler, ClipTransform, IMAGENET_MEAN, IMAGENET_STD, RandomIdentityBatchSampler, Tracklet,
                        build_dataset, build_test_loader, build_train_loader, evenly_spaced,
                        report_skipped_frames, reset_skipped_frames, skipped_frames, temporal_random_crop,
                        clip_ranges, shutdown_loader)
@@ -242,15 +242,28 @@ def test_shutdown_loader_stops_persistent_workers_left_mid_epoch(coded_tracklets
 
 def test_test_loader_yields_every_frame_exactly_once_in_same_length_batches(coded_tracklets):
     loader = build_test_loader(coded_tracklets, clip_len=32, height=16, width=8, batch_size=3, num_workers=0)
+    longest = max(len(t.paths) for t in coded_tracklets)
     seen = Counter()
     for clips, index in loader:
-        assert clips.ndim == 5 and clips.shape[0] == index.shape[0] <= 3 and clips.shape[2] <= 32
+        assert clips.ndim == 5 and clips.shape[0] == index.shape[0] and clips.shape[2] <= 32
+        assert clips.shape[0] <= 3 or clips.shape[0] * clips.shape[2] <= 3 * min(longest, 32)
         tk, frame = _codes(clips)
         assert torch.equal(tk[:, 0], index)
         for row in range(clips.shape[0]):
             seen.update((int(index[row]), f) for f in frame[row].tolist())
     expected = Counter((k, f) for k, t in enumerate(coded_tracklets) for f in range(len(t.paths)))
     assert seen == expected
+
+
+def test_test_batches_hold_batch_size_full_clips_or_as_many_frames_of_shorter_ones():
+    lengths = [32] * 10 + [10] * 30 + [5] * 2 + [32]
+    batches = ClipLengthBatchSampler(lengths, batch_size=8).batches
+    assert [len(b) for b in batches] == [8, 3, 25, 5, 2]  # 8 x 32 = 256 frames: 25 clips of 10, 51 of 5
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [len(b) for b in ClipLengthBatchSampler([4] * 5, batch_size=2).batches] == [2, 2, 1]
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        ClipLengthBatchSampler([4], batch_size=0)
 
 
 def test_corrupt_frames_are_skipped_reported_and_counted_across_workers(tmp_path):
