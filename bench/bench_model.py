@@ -18,9 +18,10 @@ autocast, fp16 autocast on CUDA) x layout (contiguous NCDHW, channels_last_3d) x
   step of each in turn, --repeats rounds; then the same for inference) so that load changing over
   time hits every setting alike; each figure is the fastest of --repeats runs;
 - data wait (default shape): AP3D trains --data-steps steps on batches from the real train loader
-  (the cached synthetic set, --workers worker processes as in the default run); the share of
+  (the cached synthetic set, --workers loader workers, ``auto`` as in the default run); the share of
   wall time spent blocked on the loader is reported next to that step time;
-- --profile: where AP3D's extra training time over C2D goes (torch.profiler, self time per op).
+- --profile: where AP3D's extra training time over C2D goes (torch.profiler, self time per op);
+- --malloc: the host allocator policy, ``auto`` as in the default run (``reid.engine.allocator``).
 
 Results: a table on stdout and bench/results/model_<device>.{json,md} with the machine's facts.
 """
@@ -41,7 +42,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import describe_machine, machine_facts, sync, write_results  # noqa: E402
+from reid.engine.allocator import MALLOC_CHOICES, configure_allocator  # noqa: E402
 from reid.engine.precision import resolve_policy  # noqa: E402
+from reid.engine.workers import check_num_workers, describe_workers, resolve_num_workers  # noqa: E402
 from reid.losses import ReIDLoss  # noqa: E402
 from reid.models import build_model  # noqa: E402
 
@@ -137,7 +140,8 @@ def real_batches(shape: Shape, args):
     if ds.num_train_pids != shape.num_classes:  # the classifier must cover the loader's labels
         raise RuntimeError(f"synthetic set has {ds.num_train_pids} training identities, the shape expects {shape.num_classes}")
     loader = build_train_loader(ds.train, seq_len=shape.T, stride=8, height=shape.H, width=shape.W,
-                                num_identities=shape.P, num_instances=shape.K, num_workers=args.workers)
+                                num_identities=shape.P, num_instances=shape.K,
+                                num_workers=resolve_num_workers(args.workers, args.device)[0])
     epoch = 0
     while True:
         loader.batch_sampler.set_epoch(epoch)
@@ -285,7 +289,8 @@ def render_markdown(runs: list, rows: list, profile: list) -> str:
         measured = sorted({f"{r['shape']} {r['precision']} {r['layout']} compile {'on' if r['compile'] else 'off'}"
                            for r in rows if r.get("run", 0) == i})
         lines += [(f"Run {i + 1} ({'; '.join(measured)}): " if len(runs) > 1 else "") + describe_machine(run) + ".",
-                  "", f"Command: `{run['command']}`. {run['timing']}", ""]
+                  "", f"Command: `{run['command']}`. {run['timing']}"
+                  + "".join(f" {run[k][0].upper()}{run[k][1:]}." for k in ("loader", "malloc") if k in run), ""]
     lines += [
              "Shapes: " + "; ".join(f"**{n}** = {r['backbone']}, training batch {r['batch']} clips of "
                                     f"{r['T']}x{r['H']}x{r['W']}, inference batch {r['infer_clips']} clips of "
@@ -335,6 +340,10 @@ def render_markdown(runs: list, rows: list, profile: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _auto_int(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -348,7 +357,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-steps", type=int, default=6, help="real-loader steps for the data-wait share (0 = skip)")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes (the default run's num_workers)")
+    p.add_argument("--workers", type=_auto_int, default="auto",
+                   help="loader worker processes: auto (the default run's policy) or a number")
+    p.add_argument("--malloc", default="auto", choices=MALLOC_CHOICES, help="host allocator policy (the default run's)")
     p.add_argument("--synthetic-root", default=None, help="synthetic set cache directory (default: ~/.cache)")
     p.add_argument("--profile", default=None, metavar="SHAPE:PRECISION:LAYOUT", help="profile AP3D vs C2D, e.g. paper:fp32:contiguous")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -359,6 +370,10 @@ def parse_args(argv):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    try:
+        check_num_workers(args.workers)
+    except ValueError as exc:
+        p.error(f"--workers: {exc}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     args.precisions = (args.precisions or ("fp32,bf16" if device.type == "cpu" else "fp32,bf16,fp16")).split(",")
@@ -387,7 +402,9 @@ def main(argv=None):
     meta.update(command="python bench/bench_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 timing=f"Each figure is the fastest of {args.repeats} runs after {args.warmup} warm-up run(s); "
                        "all settings and networks of a shape are timed round-robin.",
-                auto_policy=resolve_policy("auto", "auto", device).as_dict())
+                auto_policy=resolve_policy("auto", "auto", device).as_dict(),
+                malloc=configure_allocator(args.malloc),
+                loader=describe_workers(args.workers, device))
     print(f"# model benchmark: {describe_machine(meta)}", flush=True)
     shapes, rows = shapes_for(device, args.quick), []
     stem = os.path.join(args.out_dir, f"model_{device.type}")

@@ -51,8 +51,8 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", overrides:
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
     # the backbone's ImageNet file is irrelevant here (the weights come from the checkpoint), and so is
-    # the training machine's device and allocator choice
-    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", malloc="auto")
+    # the training machine's device and its machine-dependent choices
+    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", malloc="auto", num_workers="auto")
     if overrides:
         base = config_from_dict(overrides, source="overrides", base=base)
     cfg = load_config(args, base=base) if args is not None else base.validate()

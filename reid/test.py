@@ -7,7 +7,8 @@ table and writes ``<checkpoint stem>.results.json`` next to the checkpoint. Seve
 checkpoints (e.g. the 10 iLIDS-VID / PRID split models) are evaluated in turn, and the mean
 over them is printed and written to ``--output`` (default: ``results_mean.json`` in their
 common directory). Runs under torchrun too (features are extracted on all ranks).
-Precision and layout are not taken from the checkpoint: ``--amp`` / ``--memory-format`` default
+Precision, layout, loader workers and allocator are not taken from the checkpoint: ``--amp`` /
+``--memory-format`` / ``--num-workers`` / ``--malloc`` default
 to ``auto``, the policy for the machine the test runs on (``reid.engine.precision``).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 
 from .engine import distributed as du
 from .engine.allocator import configure_allocator
+from .engine.workers import describe_workers
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .engine.cli import run_command
 from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
@@ -45,7 +47,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device),
     # and so are its precision and layout: they are chosen for THIS machine
     base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto",
-                               malloc="auto")
+                               malloc="auto", num_workers="auto")
     cfg = load_config(args, base=base)
     allocator = configure_allocator(cfg.malloc)
     ckpt_dir = os.path.dirname(os.path.abspath(path))
@@ -57,7 +59,8 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     if info.is_main:
         log.info(f"{path}: {cfg.arch}, epoch {ckpt['epoch']}, {cfg.dataset} split {cfg.split_id}")
         log.info(ds.summary() if hasattr(ds, "summary") else cfg.dataset)
-        log.info(f"{resolve_policy(cfg.amp, cfg.memory_format, info.device).describe()} | {allocator}")
+        policy = resolve_policy(cfg.amp, cfg.memory_format, info.device)
+        log.info(f"{policy.describe()} | {describe_workers(cfg.num_workers, info.device)} | {allocator}")
     result = evaluate(model, ds, cfg, info.device)
     if info.is_main:
         result.update(checkpoint=os.path.abspath(path), epoch=int(ckpt["epoch"]), arch=cfg.arch)

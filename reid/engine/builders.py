@@ -11,6 +11,7 @@ import torch
 from . import distributed as du
 from .config import Config, ConfigError
 from .optim import WarmupMultiStepLR, build_optimizer
+from .workers import resolve_num_workers
 
 __all__ = ["config_values", "build_data", "build_train_loader", "build_network", "build_optimizer_and_schedule", "build_grad_scaler"]
 
@@ -52,7 +53,8 @@ def build_train_loader(cfg: Config, dataset, info: du.DistInfo):
     loader = make_loader(
         dataset.train,
         **config_values(cfg, "seq_len", "stride", "height", "width", "num_identities", "num_instances",
-                        "num_workers", "seed", "random_erasing"),
+                        "seed", "random_erasing"),
+        num_workers=resolve_num_workers(cfg.num_workers, info.device)[0],
         rank=info.rank,
         world_size=info.world_size,
     )

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from .allocator import MALLOC_CHOICES
+from .workers import check_num_workers
 from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
 
 __all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
@@ -48,7 +49,8 @@ class Config:
     num_identities: int = _f(8, "P: identities per batch (whole batch, all ranks together)", "data")
     num_instances: int = _f(4, "K: clips per identity in a batch", "data")
     random_erasing: bool = _f(False, "random erasing augmentation (not in the release)", "data")
-    num_workers: int = _f(2, "data loader worker processes per rank", "data")
+    num_workers: Any = _f("auto", "data loader worker processes per rank: auto (none on a CPU run of <= 4 threads, "
+                          "where workers would take cores from the step; 2 otherwise) or a number", "data")
     test_clip_len: int = _f(32, "frames per clip at test time (every frame is used)", "data")
     test_batch_size: int = _f(8, "clips per batch at test time (of shorter clips, as many as fit in as many frames)", "data")
     # --- model --------------------------------------------------------------------------------
@@ -108,7 +110,11 @@ class Config:
                     "test_clip_len", "test_batch_size", "epochs", "log_every", "apm_reduction"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, getattr(self, key), "a positive integer")
-        for key in ("num_workers", "warmup_epochs", "iters_per_epoch", "eval_every", "threads"):
+        try:
+            check_num_workers(self.num_workers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for key in ("warmup_epochs", "iters_per_epoch", "eval_every", "threads"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 bad(key, getattr(self, key), "a non-negative integer")
         if self.num_instances < 2:
@@ -270,6 +276,10 @@ def _parse_split(text: str):
     return "all" if text == "all" else int(text)
 
 
+def _parse_auto_int(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _parse_num_blocks(text: str):
     return int(text) if text.isdigit() else text
 
@@ -304,6 +314,8 @@ def build_parser(description: str, extra=None, prog: Optional[str] = None) -> ar
             group.add_argument(flag, nargs="+", type=int, metavar="STAGE", **kw)
         elif f.name == "num_blocks":
             group.add_argument(flag, type=_parse_num_blocks, **kw)
+        elif f.name == "num_workers":
+            group.add_argument(flag, type=_parse_auto_int, **kw)
         elif f.name == "split_id":
             group.add_argument(flag, type=_parse_split, **kw)
         elif isinstance(default, bool):

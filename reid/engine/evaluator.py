@@ -27,6 +27,7 @@ import torch
 from ..metrics import evaluate_ranking, k_reciprocal_rerank
 from . import distributed as du
 from .precision import resolve_policy
+from .workers import resolve_num_workers
 from .fileio import atomic_write_json
 
 __all__ = ["extract_features", "evaluate", "format_results", "mean_over_splits", "write_json", "METRIC_KEYS",
@@ -58,7 +59,7 @@ def extract_features(model, tracklets, cfg, device: torch.device, desc: str = "f
             height=cfg.height,
             width=cfg.width,
             batch_size=cfg.test_batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=resolve_num_workers(cfg.num_workers, device)[0],
         )
         bar = None
         if progress and du.is_main():

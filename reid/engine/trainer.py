@@ -46,6 +46,7 @@ from .evaluator import format_results, mean_over_splits, write_json
 from .fileio import FileWriteError, atomic_write_text, remove_stale_temporaries
 from .hooks import STEP_LOG_NAME, CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, ProgressHook, format_duration
 from .precision import resolve_policy
+from .workers import describe_workers
 from .reporting import TensorBoard, setup_logger
 from .resume import check_resumable, resolve_resume_path, restore_training_state
 
@@ -215,7 +216,7 @@ class Trainer:
                 f"{cfg.seq_len}x{cfg.height}x{cfg.width} | {self.steps_per_epoch} steps/epoch | "
                 f"epochs {self.start_epoch}->{cfg.epochs}"
             )
-            _log().info(f"{self.policy.describe()} | {self.allocator}")
+            _log().info(f"{self.policy.describe()} | {describe_workers(cfg.num_workers, self.device)} | {self.allocator}")
         self.t_start = time.time()
         self.completed = False
         try:

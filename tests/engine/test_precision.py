@@ -177,6 +177,7 @@ def test_train_and_test_state_the_chosen_setting_in_the_run_header(tiny_root, ti
     auto = resolve_policy("auto", "auto", CPU)
     assert auto.describe() in train_out  # whatever this machine supports, the header says it and why
     assert f"frames/s, {auto.short()})" in train_out and "data wait" in train_out
+    assert "| loader in-process (--num-workers 0) | malloc " in train_out
     assert "| malloc reuse (auto: " in train_out or "| malloc system (auto: " in train_out
 
     from reid import test as reid_test  # in process: the subprocess above already covers the CLI start-up
@@ -184,6 +185,6 @@ def test_train_and_test_state_the_chosen_setting_in_the_run_header(tiny_root, ti
     assert reid_test.main(["--checkpoint", str(out / "checkpoint_last.pth"), "--num-workers", "0",
                            "--amp", "none", "--memory-format", "contiguous", "--malloc", "system"]) == 0
     test_out = capsys.readouterr().out
-    assert ("precision fp32 (--amp none) | layout contiguous (--memory-format contiguous) | malloc system "
-            "(--malloc system: the C library's defaults)") in test_out
+    assert ("precision fp32 (--amp none) | layout contiguous (--memory-format contiguous) | loader in-process "
+            "(--num-workers 0) | malloc system (--malloc system: the C library's defaults)") in test_out
     assert "frames/s, fp32, contiguous)" in test_out
