@@ -5,6 +5,7 @@ from .apm import APM
 from .blocks import API3D, APP3DA, APP3DB, APP3DC, C2D, I3D, P3DA, P3DB, P3DC, TEMPORAL_BLOCKS, TemporalBlock
 from .contrastive_nonlocal import ContrastiveNonLocalBlock3D
 from .deformable import Deform3D, deformable_warp
+from .frame_conv import FrameConv3d, is_frame_conv
 from .nonlocal_block import NonLocalBlock3D
 
 __all__ = [
@@ -24,4 +25,6 @@ __all__ = [
     "ContrastiveNonLocalBlock3D",
     "Deform3D",
     "deformable_warp",
+    "FrameConv3d",
+    "is_frame_conv",
 ]

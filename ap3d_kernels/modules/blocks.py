@@ -24,6 +24,7 @@ from torch.nn.modules.utils import _pair
 
 from ..validation import check_positive_int, check_time_dim, check_video_input, describe
 from .apm import APM
+from .frame_conv import FrameConv3d
 
 __all__ = [
     "TemporalBlock",
@@ -77,7 +78,8 @@ class TemporalBlock(nn.Module, abc.ABC):
         """The conv that holds the 2D kernel."""
 
     def _spatial_conv3d(self, bias: bool, time_dim: int = 1, time_stride: int = 1, time_padding: int = 0) -> nn.Conv3d:
-        return nn.Conv3d(
+        frame_wise = (time_dim, time_stride, time_padding) == (1, 1, 0)  # a 2D conv per frame: run as one conv2d
+        return (FrameConv3d if frame_wise else nn.Conv3d)(
             self.in_channels,
             self.out_channels,
             kernel_size=(time_dim, *self.kernel_size),

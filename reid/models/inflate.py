@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ap3d_kernels.modules import FrameConv3d
+
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
@@ -48,7 +50,7 @@ def inflate_conv(conv2d: nn.Conv2d, *, stride=None) -> nn.Conv3d:
         raise ValueError(f"inflate_conv: string padding {conv2d.padding!r} is not supported; use explicit ints")
     # skip_init: the weights are overwritten below, so don't pay for a random initialisation
     conv3d = nn.utils.skip_init(
-        nn.Conv3d,
+        FrameConv3d,  # an nn.Conv3d that runs as one conv2d over the frames of a channels-last clip
         conv2d.in_channels,
         conv2d.out_channels,
         kernel_size=(1, *conv2d.kernel_size),
