@@ -1,5 +1,6 @@
 """Specification of ``reid.models``: torchvision-compatible ResNets, inflation, the video models of
 the AP3D paper (every one starts as C2D), the factory, the head contract and the summary table."""
+import copy
 import math
 from collections import OrderedDict
 
@@ -467,6 +468,19 @@ def test_eval_returns_per_frame_features_whose_mean_is_the_clip_feature(ap3d18, 
         pooled = model.pooled_features(clips)
     assert out.shape == (2, frames, 512)
     torch.testing.assert_close(out.mean(dim=1), model.bn(pooled.mean(dim=1)), rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_features_are_the_spatial_max_per_frame_in_either_layout(ap3d18):
+    model = copy.deepcopy(ap3d18).eval().double()
+    clips = torch.randn(2, 3, 5, *SMALL, dtype=torch.float64)
+    with torch.no_grad():
+        fmap = model.forward_features(clips)
+        expected = fmap.amax(dim=(3, 4)).transpose(1, 2)  # [B, T, D]
+        torch.testing.assert_close(model.pooled_features(clips), expected, rtol=0, atol=0)
+        model.to(memory_format=torch.channels_last_3d)
+        cl = clips.contiguous(memory_format=torch.channels_last_3d)
+        assert model.forward_features(cl).is_contiguous(memory_format=torch.channels_last_3d)  # the fast path's input
+        torch.testing.assert_close(model.pooled_features(cl), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_clips_are_validated(ap3d18):

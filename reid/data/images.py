@@ -98,12 +98,25 @@ def read_frame(path: str) -> Optional[Image.Image]:
     if path in _known_bad:
         return None
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later inside a transform
-            return to_rgb8(img)
+        return _decode(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         _record(path, f"{type(exc).__name__}: {exc}")
         return None
+
+
+def _decode(path: str) -> Image.Image:
+    img = Image.open(path)
+    try:
+        img.load()  # decode now: a truncated file fails here, not later inside a transform
+    except BaseException:
+        img.close()
+        raise
+    if img.mode == "RGB" and getattr(img, "fp", None) is None:
+        return img  # decoded, and its file already closed by load(): no copy needed
+    try:
+        return to_rgb8(img)
+    finally:
+        img.close()
 
 
 def read_tracklet_frames(paths: Sequence[str], indices: Sequence[int]) -> list[Optional[Image.Image]]:

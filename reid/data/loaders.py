@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .images import prepare_skip_report, read_tracklet_frames
 from .samplers import ClipLengthBatchSampler, RandomIdentityBatchSampler
@@ -96,11 +96,23 @@ def _worker_init(_):
         os.nice(WORKER_NICENESS)
 
 
+def collate_clips(batch):
+    """``default_collate`` for (clip, ...) items, except that clips laid out frame-major with the
+    colour innermost, as :class:`ClipTransform` makes them, are stacked in that layout: the batch
+    is ``channels_last_3d``, the layout the models run in on CPU, so neither this stack nor the
+    trainer has to transpose it (``torch.stack`` would make NCDHW, and the policy transpose back)."""
+    clips, *rest = zip(*batch)
+    if not all(isinstance(c, torch.Tensor) and c.dim() == 4 and c.permute(1, 2, 3, 0).is_contiguous() for c in clips):
+        return default_collate(batch)
+    stacked = torch.stack([c.permute(1, 2, 3, 0) for c in clips]).permute(0, 4, 1, 2, 3)
+    return (stacked, *(default_collate(list(field)) for field in rest))
+
+
 def _loader_kwargs(num_workers, pin_memory):
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
     prepare_skip_report()  # before workers start, so they inherit where to report skipped frames
-    kw = dict(num_workers=num_workers,
+    kw = dict(num_workers=num_workers, collate_fn=collate_clips,
               pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory))
     if num_workers > 0:
         kw.update(worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2)

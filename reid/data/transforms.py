@@ -64,8 +64,10 @@ class ClipTransform:
                 clip[i] = a
         if self.train and rng.random() < self.flip_prob:
             clip = clip[:, :, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float().div_(255.0)
-        x = (x - self.mean) / self.std
+        # [3, T, H, W] in memory order T, H, W, 3: the loaders stack such clips into a channels_last_3d
+        # batch without a layout copy (reid.data.loaders.collate_clips)
+        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()
+        x.div_(255.0).sub_(self.mean).div_(self.std)
         if blank.any():
             x[:, torch.from_numpy(blank)] = 0.0
         if self.train and self.random_erasing and rng.random() < self.erasing_prob:

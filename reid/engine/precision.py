@@ -103,8 +103,9 @@ class Policy:
         return model
 
     def prepare_batch(self, clips: torch.Tensor) -> torch.Tensor:
-        """Clips ``[B, 3, T, H, W]`` in the layout (a no-op when already there)."""
-        if self.memory_format != "contiguous" and clips.dim() == 5:
+        """Clips ``[B, 3, T, H, W]`` in the layout (a no-op when already there, as the loaders'
+        channels-last batches are for ``channels_last_3d``)."""
+        if clips.dim() == 5:
             return clips.contiguous(memory_format=self.torch_memory_format)
         return clips
 

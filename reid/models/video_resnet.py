@@ -106,6 +106,10 @@ class VideoResNet(ResNet3D):
         """``[B, 3, T, H, W]`` -> per-frame spatially max-pooled features ``[B, T, D]`` (pre-neck)."""
         check_video_input(type(self).__name__, clips, channels=3, device=self.conv1.weight.device, name="clips")
         fmap = self.forward_features(clips)  # [B, D, T, h, w]
+        if fmap.is_contiguous(memory_format=torch.channels_last_3d):
+            # memory order B, T, h, w, D: reduce over the middle of a free [B, T, h*w, D] view (the
+            # dim=(3, 4) reduction strides across D: 20x slower in inference, 2.7x fwd+bwd, here)
+            return fmap.permute(0, 2, 3, 4, 1).flatten(2, 3).amax(2)
         return fmap.amax(dim=(3, 4)).transpose(1, 2)
 
     def frame_embeddings(self, frames: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,20 @@ def test_palette_grey_alpha_and_rgba_frames_read_as_their_colours(tmp_path):
     np.testing.assert_array_equal(np.asarray(read_frame(str(tmp_path / "p.png"))), np.asarray(palette_img.convert("RGB")))
 
 
+def test_rgb_frames_are_returned_decoded_with_their_file_closed(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (10, 7, 3)).astype(np.uint8)
+    for name in ("f.png", "f.jpg"):
+        Image.fromarray(rgb).save(tmp_path / name)
+        img = read_frame(str(tmp_path / name))
+        assert img.mode == "RGB" and getattr(img, "fp", None) is None  # no file handle left open
+        with Image.open(tmp_path / name) as ref:
+            np.testing.assert_array_equal(np.asarray(img), np.asarray(ref.convert("RGB")))
+    frames = Image.fromarray(rgb)  # a multi-frame file keeps its handle after load(): converted and closed
+    frames.save(tmp_path / "two.gif", save_all=True, append_images=[Image.fromarray(255 - rgb)])
+    img = read_frame(str(tmp_path / "two.gif"))
+    assert img.mode == "RGB" and getattr(img, "fp", None) is None and img.size == (7, 10)
+
+
 # ---------------------------------------------------------------- split index
 def test_a_split_index_a_one_split_dataset_does_not_have_is_refused(tmp_path):
     root = make_folder(str(tmp_path / "f"), {"train": [(1, "c0", 2)], "query": [(2, "c0", 2)], "gallery": [(2, "c1", 2)]})

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from data_fakes import make_folder, write_image
-from reid.data import (ClipLengthBatchSampler, ClipTransform, IMAGENET_MEAN, IMAGENET_STD, RandomIdentityBatchSampler, Tracklet,
+from reid.data.loaders import collate_clips
+from reid.data import (ClipLengthBatchSampler, ClipTransform, TestClipDataset, IMAGENET_MEAN, IMAGENET_STD, RandomIdentityBatchSampler, Tracklet,
                        build_dataset, build_test_loader, build_train_loader, evenly_spaced,
                        report_skipped_frames, reset_skipped_frames, skipped_frames, temporal_random_crop,
                        clip_ranges, shutdown_loader)
@@ -253,6 +254,22 @@ def test_test_loader_yields_every_frame_exactly_once_in_same_length_batches(code
             seen.update((int(index[row]), f) for f in frame[row].tolist())
     expected = Counter((k, f) for k, t in enumerate(coded_tracklets) for f in range(len(t.paths)))
     assert seen == expected
+
+
+def test_loader_batches_are_channels_last_and_equal_the_plain_stack(coded_tracklets):
+    for loader in (build_test_loader(coded_tracklets, clip_len=8, height=16, width=8, batch_size=3, num_workers=0),
+                   build_train_loader(coded_tracklets, seq_len=3, stride=2, height=16, width=8, num_identities=4,
+                                      num_instances=2, num_workers=0, seed=0)):
+        dataset = loader.dataset
+        batch_indices = next(iter(loader.batch_sampler))
+        batch = next(iter(loader))
+        assert batch[0].is_contiguous(memory_format=torch.channels_last_3d)  # what the CPU models run in
+        if isinstance(dataset, TestClipDataset):  # deterministic items: the batch is their plain stack
+            items = [dataset[i] for i in batch_indices]
+            assert torch.equal(batch[0], torch.stack([clip for clip, _ in items]))
+            assert torch.equal(batch[1], torch.tensor([i for _, i in items]))
+    odd = collate_clips([(torch.zeros(3, 2, 4, 4), 1), (torch.ones(3, 2, 4, 4), 2)])  # NCDHW-ordered clips
+    assert odd[0].is_contiguous() and odd[0].shape == (2, 3, 2, 4, 4) and odd[1].tolist() == [1, 2]
 
 
 def test_test_batches_hold_batch_size_full_clips_or_as_many_frames_of_shorter_ones():

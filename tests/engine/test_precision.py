@@ -84,6 +84,17 @@ def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
+def test_prepare_batch_gives_the_policys_layout_whatever_the_loader_made():
+    cl = torch.randn(2, 3, 4, 8, 6).contiguous(memory_format=torch.channels_last_3d)
+    nchw = cl.contiguous()
+    last = resolve_policy("none", "channels_last_3d", CPU)
+    plain = resolve_policy("none", "contiguous", CPU)
+    assert last.prepare_batch(cl) is cl  # the loaders' channels-last batches: no copy
+    assert last.prepare_batch(nchw).is_contiguous(memory_format=torch.channels_last_3d)
+    assert plain.prepare_batch(cl).is_contiguous() and torch.equal(plain.prepare_batch(cl), cl)
+    assert plain.prepare_batch(nchw) is nchw
+
+
 # --- every supported setting trains --------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def train_steps(amp, memory_format, steps=2):
