@@ -5,7 +5,7 @@ from .apm import APM
 from .blocks import API3D, APP3DA, APP3DB, APP3DC, C2D, I3D, P3DA, P3DB, P3DC, TEMPORAL_BLOCKS, TemporalBlock
 from .contrastive_nonlocal import ContrastiveNonLocalBlock3D
 from .deformable import Deform3D, deformable_warp
-from .frame_conv import FrameConv3d, is_frame_conv
+from .frame_conv import FrameConv3d, FrameGroupConv3d, is_frame_conv, is_frame_group_conv
 from .nonlocal_block import NonLocalBlock3D
 
 __all__ = [
@@ -26,5 +26,7 @@ __all__ = [
     "Deform3D",
     "deformable_warp",
     "FrameConv3d",
+    "FrameGroupConv3d",
     "is_frame_conv",
+    "is_frame_group_conv",
 ]

@@ -24,7 +24,7 @@ from torch.nn.modules.utils import _pair
 
 from ..validation import check_positive_int, check_time_dim, check_video_input, describe
 from .apm import APM
-from .frame_conv import FrameConv3d
+from .frame_conv import FrameConv3d, FrameGroupConv3d
 
 __all__ = [
     "TemporalBlock",
@@ -240,7 +240,10 @@ class _P3DLayout(TemporalBlock):
     def _add_convs(self, bias: bool) -> None:
         parallel = self.arrangement == "B"  # t sees the input, so it carries the spatial stride
         self.spatial_conv3d = self._spatial_conv3d(bias)
-        self.temporal_conv3d = nn.Conv3d(
+        # after APM (stride N, no padding, no spatial stride) each output frame maps its own group of
+        # N aligned frames: one conv2d over the groups (FrameGroupConv3d)
+        grouped = self.uses_apm and not (parallel and self.stride != (1, 1))
+        self.temporal_conv3d = (FrameGroupConv3d if grouped else nn.Conv3d)(
             self.in_channels if parallel else self.out_channels,
             self.out_channels,
             kernel_size=(self.time_dim, 1, 1),
