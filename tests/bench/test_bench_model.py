@@ -87,3 +87,12 @@ def test_update_merges_a_partial_run_into_the_previous_results(tmp_path):
     assert "Run 2 (default bf16 contiguous compile off)" in md
     bf16_row = next(line for line in md.splitlines() if line.startswith("| default | bf16"))
     assert "| 1.020 |" in bf16_row and "| 1.47x |" in bf16_row  # AP3D/C2D 1428/1400; speed-up 2100/1428
+
+
+def test_the_ratio_is_shown_without_the_fp32_contiguous_baseline_row():
+    bm = load_bench_module()
+    facts = {"date_utc": "d", "commit": "c", "device": "cpu", "cpu": "CPU", "cpu_isa_flags": ["avx2"], "cpu_count": 2,
+             "threads": 2, "torch": "t", "load_avg_start": [0.5, 0, 0], "command": "only bf16", "timing": "fastest of 3"}
+    rows = [fake_row("bf16", "channels_last_3d", "C2D", 600.0), fake_row("bf16", "channels_last_3d", "AP3D", 660.0)]
+    line = next(x for x in bm.render_markdown([facts], rows, []).splitlines() if x.startswith("| default | bf16"))
+    assert "| 1.100 |" in line and line.endswith("| - | - |")  # no speed-up without the baseline, no data wait
