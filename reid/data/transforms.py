@@ -42,6 +42,9 @@ class ClipTransform:
         self.flip_prob, self.random_erasing, self.erasing_prob = flip_prob, random_erasing, erasing_prob
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+        # (pixel / 255 - mean) / std as one multiply-add per colour (the last axis of a frame)
+        self._scale = (1.0 / (255.0 * self.std)).view(3)
+        self._offset = (-self.mean / self.std).view(3)
 
     def __call__(self, frames: Sequence[Optional[Image.Image]], rng: Optional[np.random.Generator] = None) -> torch.Tensor:
         if self.train and rng is None:
@@ -62,12 +65,12 @@ class ClipTransform:
                 blank[i] = True
             else:
                 clip[i] = a
+        pixels = torch.from_numpy(clip)  # [T, H, W, 3]
         if self.train and rng.random() < self.flip_prob:
-            clip = clip[:, :, ::-1]
+            pixels = pixels.flip(2)
         # [3, T, H, W] in memory order T, H, W, 3: the loaders stack such clips into a channels_last_3d
         # batch without a layout copy (reid.data.loaders.collate_clips)
-        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()
-        x.div_(255.0).sub_(self.mean).div_(self.std)
+        x = torch.addcmul(self._offset, pixels, self._scale).permute(3, 0, 1, 2)
         if blank.any():
             x[:, torch.from_numpy(blank)] = 0.0
         if self.train and self.random_erasing and rng.random() < self.erasing_prob:
