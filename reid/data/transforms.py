@@ -6,7 +6,7 @@ AP3D is meant to handle, so a clip shares one flip decision and one erased recta
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ClipTransform:
-    """PIL frames -> normalised FloatTensor [3, T, H, W].
+    """Frames (PIL images or ``[H, W, 3]`` uint8 arrays) -> normalised FloatTensor [3, T, H, W].
 
     Resize with bicubic interpolation; with `train`, a horizontal flip with probability
     `flip_prob` for the whole clip and, if `random_erasing`, one rectangle (Zhong et al., AAAI
@@ -46,7 +46,8 @@ class ClipTransform:
         self._scale = (1.0 / (255.0 * self.std)).view(3)
         self._offset = (-self.mean / self.std).view(3)
 
-    def __call__(self, frames: Sequence[Optional[Image.Image]], rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+    def __call__(self, frames: Sequence[Union[Image.Image, np.ndarray, None]],
+                 rng: Optional[np.random.Generator] = None) -> torch.Tensor:
         if self.train and rng is None:
             raise ValueError("a training ClipTransform needs rng (a numpy Generator) for its random decisions")
         size = (self.width, self.height)
@@ -55,6 +56,11 @@ class ClipTransform:
             if img is None:  # an unreadable tracklet: a mean-coloured frame (0 after normalisation)
                 arrays.append(None)
                 continue
+            if isinstance(img, np.ndarray):  # [H, W, 3] uint8 pixels (reid.data.images.read_frame_pixels)
+                if img.shape[:2] == (self.height, self.width):
+                    arrays.append(img)
+                    continue
+                img = Image.fromarray(img)
             if img.size != size:
                 img = img.resize(size, Image.BICUBIC)
             arrays.append(np.asarray(img, dtype=np.uint8))

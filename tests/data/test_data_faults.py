@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_fakes import make_duke, make_folder, make_mars, write_image
 from reid.data import DatasetLayoutError, EmptySplitError, Tracklet, build_dataset, build_train_loader, read_frame
+from reid.data.images import read_frame_pixels, reset_skipped_frames, skipped_frames
 
 
 # ---------------------------------------------------------------- pixel formats
@@ -104,6 +105,30 @@ def test_rgb_frames_are_returned_decoded_with_their_file_closed(tmp_path):
     frames.save(tmp_path / "two.gif", save_all=True, append_images=[Image.fromarray(255 - rgb)])
     img = read_frame(str(tmp_path / "two.gif"))
     assert img.mode == "RGB" and getattr(img, "fp", None) is None and img.size == (7, 10)
+
+
+def test_frame_pixels_are_read_frames_pixels_for_every_kind_of_file(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 23, 3)).astype(np.uint8)
+    files = {"q.jpg": dict(quality=90), "sub.jpeg": dict(quality=75, subsampling=2), "p.png": {}}
+    for name, options in files.items():
+        Image.fromarray(rgb).save(tmp_path / name, **options)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")  # simplejpeg refuses CMYK: Pillow reads it
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.jpg")
+    for name in [*files, "cmyk.jpg", "grey.jpg"]:
+        path = str(tmp_path / name)
+        pixels = read_frame_pixels(path)
+        assert pixels.dtype == np.uint8 and pixels.shape == (37, 23, 3), name
+        np.testing.assert_array_equal(pixels, np.asarray(read_frame(path)), err_msg=name)
+
+
+def test_a_truncated_jpeg_is_recorded_as_unreadable_not_half_decoded(tmp_path):
+    reset_skipped_frames()
+    Image.fromarray(np.full((32, 16, 3), 200, np.uint8)).save(tmp_path / "t.jpg", quality=95)
+    data = (tmp_path / "t.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    assert read_frame_pixels(str(tmp_path / "t.jpg")) is None
+    assert skipped_frames() == [str(tmp_path / "t.jpg")]
 
 
 # ---------------------------------------------------------------- split index

@@ -77,10 +77,13 @@ def test_search_order_is_the_evaluators_ranking(gallery_npz, tiny_run, trained, 
     for i, r in enumerate(results):
         got = [hit["index"] for hit in r["results"]]
         d = dist[i].numpy()
-        assert len(set(np.round(d, 6))) == len(d), "a tie: the order between equal distances is arbitrary"
-        assert got == order[i].tolist()
+        # the k-th hit is the gallery item of the k-th smallest distance; two whose distances agree to
+        # float32 error (faiss and torch sum the dot products in other orders) may come in either order
+        assert len(set(got)) == len(got) == len(order[i])
+        np.testing.assert_allclose(d[got], d[order[i]], atol=1e-5)
+        assert sum(a != b for a, b in zip(got, order[i].tolist())) <= 2 * sum(np.diff(np.sort(d)) < 1e-5)
         np.testing.assert_allclose([hit["distance"] for hit in r["results"]], d[order[i]], atol=1e-5)
-        assert [hit["path"] for hit in r["results"]] == [g.paths[j] for j in order[i]]
+        assert [hit["path"] for hit in r["results"]] == [g.paths[j] for j in got]
 
 
 def test_flat_index_is_exact_on_many_random_features():
