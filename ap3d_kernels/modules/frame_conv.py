@@ -20,6 +20,8 @@ dict and results are ``nn.Conv3d``'s: a drop-in subclass.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,19 +37,31 @@ def is_frame_conv(conv: nn.Conv3d) -> bool:
     return isinstance(conv.padding, str) or conv.padding[0] == 0
 
 
-class FrameConv3d(nn.Conv3d):
-    """``nn.Conv3d`` of temporal kernel 1, stride 1 and padding 0, computed frame-wise as one
-    ``conv2d`` on ``channels_last_3d`` input (see the module docstring)."""
+class _CheckedConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that refuses a geometry its subclass's 2D path does not compute
+    (``accepts``, described by ``needs``). The signature is spelt out because
+    ``nn.utils.skip_init`` looks for ``device`` in it."""
+
+    accepts: Callable[[nn.Conv3d], bool]  # set by each subclass
+    needs: str
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
-        if not is_frame_conv(self):
+        if not self.accepts(self):
             raise ValueError(
-                f"FrameConv3d: needs temporal kernel 1, stride 1 and padding 0, got kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}"
+                f"{type(self).__name__}: needs {self.needs}, got kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
             )
+
+
+class FrameConv3d(_CheckedConv3d):
+    """``nn.Conv3d`` of temporal kernel 1, stride 1 and padding 0, computed frame-wise as one
+    ``conv2d`` on ``channels_last_3d`` input (see the module docstring)."""
+
+    accepts = staticmethod(is_frame_conv)
+    needs = "temporal kernel 1, stride 1 and padding 0"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d):
@@ -68,21 +82,13 @@ def is_frame_group_conv(conv: nn.Conv3d) -> bool:
             and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1)
 
 
-class FrameGroupConv3d(nn.Conv3d):
+class FrameGroupConv3d(_CheckedConv3d):
     """``nn.Conv3d`` of kernel ``(N, 1, 1)`` and stride ``(N, 1, 1)``, computed as one ``conv2d``
     of kernel ``(N, 1)`` on channels-last input whose frame count is a multiple of ``N`` (see the
     module docstring); every other input takes ``nn.Conv3d``'s path."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
-        if not is_frame_group_conv(self):
-            raise ValueError(
-                f"FrameGroupConv3d: needs kernel (N, 1, 1), stride (N, 1, 1), no padding, dilation or groups, got "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, groups={self.groups}"
-            )
+    accepts = staticmethod(is_frame_group_conv)
+    needs = "kernel (N, 1, 1), stride (N, 1, 1), no padding, dilation or groups"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.kernel_size[0]
