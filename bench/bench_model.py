@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe_machine, machine_facts, sync, write_results  # noqa: E402
 from reid.engine.allocator import MALLOC_CHOICES, configure_allocator  # noqa: E402
 from reid.engine.precision import resolve_policy  # noqa: E402
-from reid.engine.workers import check_num_workers, describe_workers, resolve_num_workers  # noqa: E402
+from reid.engine.workers import check_num_workers, describe_workers, parse_num_workers, resolve_num_workers  # noqa: E402
 from reid.losses import ReIDLoss  # noqa: E402
 from reid.models import build_model  # noqa: E402
 
@@ -341,10 +341,6 @@ def render_markdown(runs: list, rows: list, profile: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _auto_int(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -358,7 +354,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-steps", type=int, default=6, help="real-loader steps for the data-wait share (0 = skip)")
-    p.add_argument("--workers", type=_auto_int, default="auto",
+    p.add_argument("--workers", type=parse_num_workers, default="auto",
                    help="loader worker processes: auto (the default run's policy) or a number")
     p.add_argument("--malloc", default="auto", choices=MALLOC_CHOICES, help="host allocator policy (the default run's)")
     p.add_argument("--synthetic-root", default=None, help="synthetic set cache directory (default: ~/.cache)")

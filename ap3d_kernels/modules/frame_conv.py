@@ -73,7 +73,6 @@ class FrameConv3d(_CheckedConv3d):
         return y.reshape(n, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)  # back to [N, C', T, H', W'], channels_last_3d
 
 
-
 def is_frame_group_conv(conv: nn.Conv3d) -> bool:
     """Whether ``conv`` maps disjoint groups of frames pointwise: kernel ``(N, 1, 1)``, stride
     ``(N, 1, 1)``, no padding, no dilation, one group."""

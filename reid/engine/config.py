@@ -18,7 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from .allocator import MALLOC_CHOICES
-from .workers import check_num_workers
+from .workers import check_num_workers, parse_num_workers
 from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
 
 __all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
@@ -276,10 +276,6 @@ def _parse_split(text: str):
     return "all" if text == "all" else int(text)
 
 
-def _parse_auto_int(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 def _parse_num_blocks(text: str):
     return int(text) if text.isdigit() else text
 
@@ -315,7 +311,7 @@ def build_parser(description: str, extra=None, prog: Optional[str] = None) -> ar
         elif f.name == "num_blocks":
             group.add_argument(flag, type=_parse_num_blocks, **kw)
         elif f.name == "num_workers":
-            group.add_argument(flag, type=_parse_auto_int, **kw)
+            group.add_argument(flag, type=parse_num_workers, **kw)
         elif f.name == "split_id":
             group.add_argument(flag, type=_parse_split, **kw)
         elif isinstance(default, bool):

@@ -15,10 +15,16 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["DEFAULT_WORKERS", "IN_PROCESS_MAX_THREADS", "check_num_workers", "describe_workers", "resolve_num_workers"]
+__all__ = ["DEFAULT_WORKERS", "IN_PROCESS_MAX_THREADS", "check_num_workers", "describe_workers", "parse_num_workers",
+           "resolve_num_workers"]
 
 DEFAULT_WORKERS = 2
 IN_PROCESS_MAX_THREADS = 4
+
+
+def parse_num_workers(text: str) -> Union[str, int]:
+    """A command line's ``--num-workers`` text: ``auto`` or an integer (checked later, with the config)."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def check_num_workers(value) -> Union[str, int]:
