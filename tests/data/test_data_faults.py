@@ -122,6 +122,16 @@ def test_frame_pixels_are_read_frames_pixels_for_every_kind_of_file(tmp_path):
         np.testing.assert_array_equal(pixels, np.asarray(read_frame(path)), err_msg=name)
 
 
+def test_without_simplejpeg_pillow_reads_every_frame(tmp_path, monkeypatch):
+    import reid.data.images as images
+
+    rgb = np.random.default_rng(4).integers(0, 256, (9, 5, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "f.jpg", quality=90)
+    with_it = read_frame_pixels(str(tmp_path / "f.jpg"))
+    monkeypatch.setattr(images, "simplejpeg", None)  # the dependency is optional at run time
+    np.testing.assert_array_equal(read_frame_pixels(str(tmp_path / "f.jpg")), with_it)
+
+
 def test_a_truncated_jpeg_is_recorded_as_unreadable_not_half_decoded(tmp_path):
     reset_skipped_frames()
     Image.fromarray(np.full((32, 16, 3), 200, np.uint8)).save(tmp_path / "t.jpg", quality=95)
