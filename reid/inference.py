@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-from .engine.config import Config, ConfigError, config_from_dict, load_config
+from .engine.config import MACHINE_DEFAULTS, Config, ConfigError, config_from_dict, load_config
 
 __all__ = ["TrainedModel", "load_trained_model", "resolve_device", "add_checkpoint_arguments", "inference_overrides"]
 
@@ -52,7 +52,7 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", overrides:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {exc}") from exc
     # the backbone's ImageNet file is irrelevant here (the weights come from the checkpoint), and so is
     # the training machine's device and its machine-dependent choices
-    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", malloc="auto", num_workers="auto")
+    base = dataclasses.replace(base, pretrained=None, resume=None, **MACHINE_DEFAULTS)
     if overrides:
         base = config_from_dict(overrides, source="overrides", base=base)
     cfg = load_config(args, base=base) if args is not None else base.validate()

@@ -22,7 +22,7 @@ from .engine.allocator import configure_allocator
 from .engine.workers import describe_workers
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .engine.cli import run_command
-from .engine.config import ConfigError, build_parser, check_device, config_from_dict, load_config
+from .engine.config import MACHINE_DEFAULTS, ConfigError, build_parser, check_device, config_from_dict, load_config
 from .engine.evaluator import evaluate, format_results, mean_over_splits, write_json
 from .engine.precision import resolve_policy
 from .engine.reporting import setup_logger
@@ -46,8 +46,7 @@ def evaluate_checkpoint(path: str, args, info: du.DistInfo) -> dict:
     # the backbone's ImageNet file is irrelevant at test time: the weights come from the checkpoint;
     # the training machine's device is too (a GPU-trained checkpoint is tested on CPU unless --device),
     # and so are its precision and layout: they are chosen for THIS machine
-    base = dataclasses.replace(base, pretrained=None, resume=None, device="auto", amp="auto", memory_format="auto",
-                               malloc="auto", num_workers="auto")
+    base = dataclasses.replace(base, pretrained=None, resume=None, amp="auto", memory_format="auto", **MACHINE_DEFAULTS)
     cfg = load_config(args, base=base)
     allocator = configure_allocator(cfg.malloc)
     ckpt_dir = os.path.dirname(os.path.abspath(path))

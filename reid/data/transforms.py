@@ -40,11 +40,10 @@ class ClipTransform:
             raise ValueError(f"mean and std must be 3 values with std > 0, got mean={mean}, std={std}")
         self.height, self.width, self.train = height, width, train
         self.flip_prob, self.random_erasing, self.erasing_prob = flip_prob, random_erasing, erasing_prob
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
         # (pixel / 255 - mean) / std as one multiply-add per colour (the last axis of a frame)
-        self._scale = (1.0 / (255.0 * self.std)).view(3)
-        self._offset = (-self.mean / self.std).view(3)
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._offset = -mean_t / std_t
 
     def __call__(self, frames: Sequence[Union[Image.Image, np.ndarray, None]],
                  rng: Optional[np.random.Generator] = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .allocator import MALLOC_CHOICES
 from .workers import check_num_workers, parse_num_workers
 from .precision import AMP_CHOICES, MEMORY_FORMAT_CHOICES
 
-__all__ = ["Config", "ConfigError", "build_parser", "load_config", "config_from_dict", "check_device"]
+__all__ = ["Config", "ConfigError", "MACHINE_DEFAULTS", "build_parser", "load_config", "config_from_dict", "check_device"]
 
 
 class ConfigError(ValueError):
@@ -285,6 +285,11 @@ def _parse_option(text: str):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key, yaml.safe_load(value)
+
+
+# Options chosen for the machine a command runs on: a checkpoint's stored values (the training
+# machine's) are replaced by these when it is loaded for testing or inference.
+MACHINE_DEFAULTS = {"device": "auto", "malloc": "auto", "num_workers": "auto"}
 
 
 def build_parser(description: str, extra=None, prog: Optional[str] = None) -> argparse.ArgumentParser:
