@@ -7,6 +7,7 @@ behave as a world of one, so no caller needs an ``if distributed`` branch.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -87,7 +88,13 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInf
 
 
 def cleanup() -> None:
+    """Leave the process group, after freeing what still uses it."""
     if dist.is_available() and dist.is_initialized():
+        # A finished run's DistributedDataParallel can sit in a reference cycle (seen on rank 1),
+        # keeping the gloo group alive past destroy_process_group() until interpreter shutdown,
+        # where tearing it down aborted the process ("terminate called without an active
+        # exception", SIGABRT) in a loaded CI run. Collect it now, while everything is alive.
+        gc.collect()
         dist.destroy_process_group()
 
 

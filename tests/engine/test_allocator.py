@@ -11,7 +11,8 @@ from reid.engine.config import Config, ConfigError
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# A "step" that allocates, touches and frees 64 MiB ten times; prints the minor page faults it cost.
+# Ten "steps" that each allocate, touch and free 64 MiB (16,384 pages); prints each step's minor
+# page faults.
 STEPS = textwrap.dedent("""
     import resource, sys, torch
     from reid.engine.allocator import configure_allocator
@@ -20,24 +21,31 @@ STEPS = textwrap.dedent("""
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):  # warm-up: the first touches always fault
         torch.ones(16 << 20).sum()
-    before = faults()
+    per_step = []
     for _ in range(10):
+        before = faults()
         torch.ones(16 << 20).sum()
-    print(faults() - before)
+        per_step.append(faults() - before)
+    print(*per_step)
 """)
+BLOCK_PAGES = 16384
 
 
-def page_faults(choice: str) -> int:
+def page_faults_per_step(choice: str) -> list:
     proc = subprocess.run([sys.executable, "-c", STEPS, choice], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return int(proc.stdout)
+    return sorted(int(n) for n in proc.stdout.split())
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning is glibc's mallopt")
 def test_auto_reuses_freed_blocks_instead_of_faulting_them_in_again():
-    system, auto = page_faults("system"), page_faults("auto")
-    assert system > 10 * 16384 * 0.9  # glibc's default: every 64 MiB block is a fresh mmap, 16,384 pages each time
-    assert auto < system / 20  # reused: a few pages, not 160,000
+    system, auto = page_faults_per_step("system"), page_faults_per_step("auto")
+    # glibc's default: every step's block is a fresh mmap, faulted in page by page
+    assert min(system) > 0.9 * BLOCK_PAGES
+    # reused: a typical step faults a few pages, not 16,384. (The median, because the kernel may
+    # still fault a block in now and then on a loaded machine: a CI run once counted two blocks'
+    # worth of faults over the ten steps.)
+    assert auto[len(auto) // 2] < BLOCK_PAGES / 20
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning is glibc's mallopt")

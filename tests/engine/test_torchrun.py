@@ -56,3 +56,34 @@ def test_torchrun_reports_bad_configuration_from_every_rank(tiny_root, tiny_data
     proc = torchrun("reid.train", flags, timeout=120)
     assert proc.returncode != 0
     assert "num_identities: got 3, which does not split evenly across 2 processes" in proc.stderr
+
+
+LEAVE_GROUP = """
+import gc, os, torch, torch.distributed as dist
+from reid.engine import distributed as du
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo")
+class Run:  # a finished run that still points at itself, as a trainer with hooks does
+    pass
+run = Run()
+run.model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+run.self = run
+del run
+du.cleanup()
+assert not dist.is_initialized()
+print(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects()))
+"""
+
+
+def test_leaving_the_group_first_frees_the_models_that_still_hold_it():
+    # a DDP model left in a reference cycle would otherwise outlive destroy_process_group() and
+    # be torn down during interpreter shutdown, which aborted a loaded 2-process run once
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PORT": port, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", LEAVE_GROUP], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0"]
