@@ -40,8 +40,10 @@ def time_runs(fn, device, warmup: int, repeats: int):
     return min(times), statistics.median(times)
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
+def _cpuinfo() -> tuple[str, list[str], str]:
+    """Model name, the ISA flags that matter here, and "family F model M" (x86: the same model
+    name, e.g. "AMD EPYC", covers CPU generations that time differently)."""
+    model, flags, ids = platform.processor() or platform.machine(), [], {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -52,9 +54,12 @@ def _cpuinfo() -> tuple[str, list[str]]:
                 elif key in ("flags", "Features") and not flags:
                     present = set(value.split())
                     flags = [f for f in ISA_FLAGS if f in present]
+                elif key in ("cpu family", "model") and key not in ids:
+                    ids[key] = value.strip()
     except OSError:
         pass
-    return model, flags
+    generation = f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else ""
+    return model, flags, generation
 
 
 def _git_commit() -> str:
@@ -70,12 +75,13 @@ def _git_commit() -> str:
 
 def machine_facts(device: torch.device) -> dict:
     """Date, commit, CPU model and ISA flags, threads, library versions, GPU (if any), load average."""
-    model, flags = _cpuinfo()
+    model, flags, generation = _cpuinfo()
     facts = {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
         "device": str(device),
         "cpu": model,
+        "cpu_generation": generation,
         "cpu_isa_flags": flags,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -93,7 +99,7 @@ def machine_facts(device: torch.device) -> dict:
 
 def describe_machine(facts: dict) -> str:
     """One line: what ran where, and how loaded the machine was."""
-    where = facts.get("gpu") or facts["cpu"]
+    where = facts.get("gpu") or ", ".join(filter(None, [facts["cpu"], facts.get("cpu_generation")]))
     load = f"load average {facts['load_avg_start'][0]:.2f} at start"
     if "load_avg_end" in facts:
         load += f", {facts['load_avg_end'][0]:.2f} at end"

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe_machine, machine_facts, sync, write_results  # noqa: E402
 from reid.engine.allocator import MALLOC_CHOICES, configure_allocator  # noqa: E402
 from reid.engine.precision import resolve_policy  # noqa: E402
+from reid.engine.optim import build_optimizer  # noqa: E402
 from reid.engine.workers import check_num_workers, describe_workers, parse_num_workers, resolve_num_workers  # noqa: E402
 from reid.losses import ReIDLoss  # noqa: E402
 from reid.models import build_model  # noqa: E402
@@ -91,7 +92,7 @@ class Runner:
         self.model = self.policy.prepare_model(build_model(f"{arch}_{shape.backbone}", num_classes=shape.num_classes).to(device))
         self.run = torch.compile(self.model) if compiled else self.model
         self.criterion = ReIDLoss(shape.num_classes)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=3e-4, weight_decay=5e-4)
+        self.opt = build_optimizer(self.model.parameters(), "adam", lr=3e-4, weight_decay=5e-4)  # as the run builds it
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.policy.amp == "fp16")
         gen = torch.Generator().manual_seed(1)
         self.clips = torch.randn(shape.batch, 3, shape.T, shape.H, shape.W, generator=gen).to(device)

@@ -10,18 +10,46 @@ from bisect import bisect_right
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["build_optimizer", "WarmupMultiStepLR"]
+__all__ = ["build_optimizer", "fused_kernels_apply", "load_optimizer_state", "WarmupMultiStepLR"]
+
+# How a step is computed, chosen for the machine the optimiser runs on; not training state.
+_KERNEL_CHOICES = ("fused", "foreach")
+
+
+def fused_kernels_apply(params) -> bool:
+    """Whether torch's fused (one kernel for all parameters) optimiser step can run on ``params``.
+
+    On CPU torch's default is a loop over parameters: Adam on ResNet-18 AP3D (11.8M parameters)
+    takes 15 ms per step that way, 4.4 ms fused. Same update rule; fused needs floating-point
+    parameters all on one kind of device that has the kernels.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    kinds = {p.device.type for p in params}
+    return (len(kinds) == 1 and kinds <= set(_get_fused_kernels_supported_devices())
+            and all(p.is_floating_point() for p in params))
 
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    fused = fused_kernels_apply(params) or None  # None: torch's own choice
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True, fused=fused)
     raise ValueError(f"optimizer: got {name!r}, expected adam, adamw or sgd")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimiser's kernel choices: torch would
+    take the saved run's (a checkpoint from before fused steps, or from another machine, would
+    switch them off, or on where the kernels are missing)."""
+    kept = [{k: group[k] for k in _KERNEL_CHOICES if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, choices in zip(optimizer.param_groups, kept):
+        group.update(choices)
 
 
 class WarmupMultiStepLR(LRScheduler):

@@ -10,6 +10,7 @@ from typing import Optional
 
 from .checkpoint import LAST_NAME, CheckpointError, load_model_weights, restore_rng_state
 from .config import Config
+from .optim import load_optimizer_state
 
 __all__ = ["RESUME_MUST_MATCH", "resolve_resume_path", "check_resumable", "restore_training_state"]
 
@@ -59,7 +60,7 @@ def restore_training_state(ckpt: dict, path: str, trainer) -> None:
     what = f"{trainer.cfg.arch} with {trainer.num_classes} classes"
     load_model_weights(trainer.model, ckpt["model"], f"checkpoint {path}", what)
     try:
-        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(trainer.optimizer, ckpt["optimizer"])
         trainer.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             trainer.scaler.load_state_dict(ckpt["scaler"])

@@ -2,6 +2,7 @@
 machine facts every benchmark of the project records (bench/_common.py)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,12 +19,16 @@ def test_small_cpu_run_writes_rows_and_machine_facts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "apm_cpu.json").read_text())
     meta, rows = data["meta"], data["rows"]
-    for key in ("cpu", "cpu_isa_flags", "threads", "torch", "commit", "load_avg_start", "load_avg_end", "gemm_gflops"):
+    for key in ("cpu", "cpu_generation", "cpu_isa_flags", "threads", "torch", "commit", "load_avg_start",
+                "load_avg_end", "gemm_gflops"):
         assert key in meta, key
+    # one model name ("AMD EPYC") covers generations that time differently: x86 records which one
+    if "cpu family" in open("/proc/cpuinfo").read():
+        assert re.fullmatch(r"family \d+ model \d+", meta["cpu_generation"]), meta["cpu_generation"]
     assert {r["impl"] for r in rows} >= {"reference", "sdpa", "fused-cpu"}
     assert all(r["fwd_ms"] > 0 and r["dtype"] == "float32" for r in rows)
     md = (out / "apm_cpu.md").read_text()
-    assert meta["cpu"] in md and "load average" in md and "| float32 |" in md
+    assert meta["cpu"] in md and meta["cpu_generation"] in md and "load average" in md and "| float32 |" in md
 
 
 def test_a_failing_implementation_is_recorded_and_the_other_rows_kept(tmp_path, monkeypatch):
