@@ -1,4 +1,5 @@
-"""The autotuning space of the Triton APM kernels (``kernels.py``) and how the environment narrows it.
+"""The autotuning space of the Triton APM kernels (``kernels.py``), how the environment narrows it,
+and whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, on CPU tensors).
 
 Autotuning: on a GPU each kernel times its configs once per (HW, C, Ck, dtypes) and keeps the
 fastest. ``AP3D_TRITON_AUTOTUNE=0`` (read at import) keeps only the first config of each list:
@@ -13,7 +14,19 @@ import os
 
 import triton
 
-__all__ = ["GPU_CONFIG_CHOICES", "autotune_enabled", "selected_choices", "triton_configs"]
+__all__ = ["GPU_CONFIG_CHOICES", "INTERPRETED", "autotune_enabled", "selected_choices", "triton_configs"]
+
+
+def _interpret_env() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads the variable through its knobs
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+# Read when kernels.py imports this module, just before its @triton.jit decorators decide between
+# compiled and interpreted kernels: what counts afterwards is that decision, not the env var now.
+INTERPRETED = _interpret_env()
 
 
 def autotune_enabled() -> bool:

@@ -28,12 +28,10 @@ Autotuning: the configs and the environment knobs that pick among them are in ``
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-from .configs import GPU_CONFIG_CHOICES, triton_configs
+from .configs import GPU_CONFIG_CHOICES, INTERPRETED, triton_configs
 
 __all__ = [
     "INTERPRETED",
@@ -45,17 +43,6 @@ __all__ = [
     "apm_bwd_dq_kernel",
     "tuned_configs",
 ]
-
-
-def _interpret_env() -> bool:
-    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads the variable through its knobs
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-# What counts after this import is the decision @triton.jit took here, not the env var now.
-INTERPRETED = _interpret_env()
 
 
 _FWD_CONFIGS = triton_configs(("BLOCK_M", "BLOCK_N"), GPU_CONFIG_CHOICES["fwd"], INTERPRETED)
