@@ -2,6 +2,7 @@
 features gathered across ranks (the 2-process test gives the single-process numbers)."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -78,8 +79,6 @@ print(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.g
 def test_leaving_the_group_first_frees_the_models_that_still_hold_it():
     # a DDP model left in a reference cycle would otherwise outlive destroy_process_group() and
     # be torn down during interpreter shutdown, which aborted a loaded 2-process run once
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
